@@ -1,0 +1,151 @@
+// Command bangerd is banger's daemon: it owns state, VM lifecycle, images and
+// kernels, and serves the CLI over a 0600 unix socket. All wiring is here.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/banger-dev/banger/internal/daemon"
+	"github.com/banger-dev/banger/internal/doctor"
+	"github.com/banger-dev/banger/internal/guest"
+	"github.com/banger-dev/banger/internal/hostnet"
+	"github.com/banger-dev/banger/internal/image"
+	"github.com/banger-dev/banger/internal/kernel"
+	"github.com/banger-dev/banger/internal/opid"
+	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/rpc"
+	"github.com/banger-dev/banger/internal/store"
+	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/vm"
+	"github.com/banger-dev/banger/internal/vmm/qemu"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bangerd:", err)
+		os.Exit(1)
+	}
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func run() error {
+	layout, err := paths.Default()
+	if err != nil {
+		return err
+	}
+	stateDir := flag.String("state-dir", layout.Root, "state root (env "+paths.EnvStateDir+")")
+	bridge := flag.String("bridge", envOr("BANGER_BRIDGE", "banger0"), "bridge name (env BANGER_BRIDGE)")
+	subnet := flag.String("subnet", envOr("BANGER_SUBNET", "172.30.0.0/24"), "guest subnet (env BANGER_SUBNET)")
+	accel := flag.String("accel", envOr("BANGER_ACCEL", ""), "force the QEMU accelerator: kvm or tcg (env BANGER_ACCEL; default: probe)")
+	debug := flag.Bool("debug", os.Getenv("BANGER_DEBUG") != "", "debug logging")
+	flag.Parse()
+	layout = paths.Layout{Root: *stateDir}
+	if err := layout.Ensure(); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	prefix, err := netip.ParsePrefix(*subnet)
+	if err != nil || !prefix.Addr().Is4() || prefix.Bits() > 29 {
+		return fmt.Errorf("subnet %q: want an IPv4 prefix of /29 or larger", *subnet)
+	}
+	level := slog.LevelInfo
+	if *debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(opid.Handler(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+
+	// One daemon per state dir: hold an exclusive lock on the pid file.
+	pidf, err := os.OpenFile(layout.PID(), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return err
+	}
+	defer pidf.Close()
+	if err := unix.Flock(int(pidf.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return fmt.Errorf("another bangerd holds %s: %w", layout.PID(), err)
+	}
+	_ = pidf.Truncate(0)
+	_, _ = pidf.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	st, err := store.Open(ctx, layout.DB())
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	runner := system.Exec{}
+	drv := qemu.New(runner, log)
+	switch *accel {
+	case "":
+		a, why := drv.ProbeAccel(ctx)
+		log.Info("accelerator", "accel", a, "reason", why)
+	case "kvm", "tcg":
+		drv.Accel = qemu.Accel(*accel)
+	default:
+		return fmt.Errorf("--accel %q: want kvm or tcg", *accel)
+	}
+	netm := &hostnet.Manager{Log: log, Cfg: hostnet.Config{Bridge: *bridge, Subnet: prefix}}
+	signer, err := guest.EnsureClientKey(layout.ClientKey())
+	if err != nil {
+		return err
+	}
+	kh, err := guest.OpenKnownHosts(layout.KnownHosts())
+	if err != nil {
+		return err
+	}
+	pool := guest.NewPool(log, signer, kh)
+	defer pool.Close()
+	vms := vm.New(vm.Deps{Log: log, Layout: layout, Store: st, Runner: runner, Driver: drv, Net: netm,
+		Subnet: netm.Cfg.Subnet, Gateway: netm.Cfg.Gateway(),
+		SSH: pool, KnownHosts: kh, ClientKey: signer.PublicKey(), UID: os.Getuid(), GID: os.Getgid()})
+	agent, err := system.Executable("banger-agent")
+	if err != nil {
+		log.Warn("banger-agent not found next to bangerd or on PATH; kernel import and image build will fail", "err", err)
+	}
+	doc := &doctor.Checker{Runner: runner, Layout: layout, Store: st, LookPath: system.LookPath,
+		Accel: func(ctx context.Context) (string, string) { a, why := drv.ProbeAccel(ctx); return string(a), why }}
+
+	srv := rpc.NewServer(log, os.Getuid())
+	daemon.Register(srv, daemon.Deps{
+		Log: log, Layout: layout, Store: st, VMs: vms,
+		Kernels:  &kernel.Importer{Runner: runner, Layout: layout, Log: log, AgentPath: agent},
+		Images:   &image.Builder{Runner: runner, Layout: layout, Log: log, AgentPath: agent},
+		Doctor:   doc.Run,
+		Accel:    func() string { return string(drv.Accel) },
+		Shutdown: stop,
+	})
+	ln, err := rpc.Listen(layout.Socket())
+	if err != nil {
+		return err
+	}
+	// Reconcile before serving: adopt live VMMs, tear down dead ones.
+	if err := vms.Reconcile(ctx); err != nil {
+		log.Error("reconcile", "err", err)
+	}
+	log.Info("bangerd listening", "socket", layout.Socket(), "pid", os.Getpid(), "state_dir", layout.Root)
+	err = srv.Serve(ctx, ln)
+	_ = os.Remove(layout.Socket())
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	log.Info("bangerd stopped; running VMs keep running and are adopted at next start")
+	return nil
+}

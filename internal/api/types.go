@@ -1,0 +1,161 @@
+package api
+
+import "time"
+
+// Method names. The CLI and the daemon share them.
+const (
+	MethodVMCreate     = "vm.create"
+	MethodVMList       = "vm.list"
+	MethodVMShow       = "vm.show"
+	MethodVMStart      = "vm.start"
+	MethodVMStop       = "vm.stop"
+	MethodVMRestart    = "vm.restart"
+	MethodVMKill       = "vm.kill"
+	MethodVMDelete     = "vm.delete"
+	MethodVMExec       = "vm.exec"
+	MethodVMLogs       = "vm.logs"
+	MethodVMSSHInfo    = "vm.ssh_info"
+	MethodKernelImport = "kernel.import"
+	MethodKernelList   = "kernel.list"
+	MethodKernelRm     = "kernel.rm"
+	MethodImageBuild   = "image.build"
+	MethodImageList    = "image.list"
+	MethodImageRm      = "image.rm"
+	MethodDaemonStatus = "daemon.status"
+	MethodDaemonStop   = "daemon.stop"
+	MethodDoctor       = "doctor"
+)
+
+// VM is the CLI-facing view of a VM.
+type VM struct {
+	ID            string    `json:"id"`
+	Name          string    `json:"name"`
+	State         string    `json:"state"`
+	Image         string    `json:"image"`
+	Kernel        string    `json:"kernel"`
+	VCPU          int       `json:"vcpu"`
+	MemoryMiB     int       `json:"memory_mib"`
+	DiskBytes     int64     `json:"disk_bytes"`
+	WorkDiskBytes int64     `json:"work_disk_bytes"`
+	GuestIP       string    `json:"guest_ip"`
+	MAC           string    `json:"mac"`
+	Tap           string    `json:"tap"`
+	PID           int       `json:"pid,omitempty"`
+	CloneMethod   string    `json:"clone_method"`
+	LastError     string    `json:"last_error,omitempty"`
+	Dir           string    `json:"dir"`
+	CreatedAt     time.Time `json:"created_at"`
+}
+
+// NameParams addresses one VM/kernel/image by name (or id for VMs).
+type NameParams struct {
+	Name string `json:"name"`
+}
+
+type CreateVMParams struct {
+	Name        string `json:"name"`
+	Image       string `json:"image,omitempty"`
+	Kernel      string `json:"kernel,omitempty"`
+	VCPU        int    `json:"vcpu,omitempty"`
+	MemoryMiB   int    `json:"memory_mib,omitempty"`
+	Disk        string `json:"disk,omitempty"`
+	WorkDisk    string `json:"work_disk,omitempty"`
+	NoStart     bool   `json:"no_start,omitempty"`
+	BootTimeout int    `json:"boot_timeout_s,omitempty"`
+}
+
+type DeleteVMParams struct {
+	Name  string `json:"name"`
+	Force bool   `json:"force,omitempty"` // delete a running VM (kills it)
+}
+
+type ExecParams struct {
+	Name    string            `json:"name"`
+	Argv    []string          `json:"argv,omitempty"`
+	Command string            `json:"command,omitempty"`
+	TTY     bool              `json:"tty,omitempty"`
+	Term    string            `json:"term,omitempty"`
+	Cols    int               `json:"cols,omitempty"`
+	Rows    int               `json:"rows,omitempty"`
+	Env     map[string]string `json:"env,omitempty"`
+	Dir     string            `json:"dir,omitempty"`
+	Stdin   bool              `json:"stdin,omitempty"` // the client will stream stdin frames
+}
+
+type ExecResult struct {
+	ExitCode int `json:"exit_code"`
+}
+
+type LogsParams struct {
+	Name  string `json:"name"`
+	Bytes int64  `json:"bytes,omitempty"` // tail size; 0 = all (capped)
+}
+
+type LogsResult struct {
+	Path string `json:"path"`
+	Data []byte `json:"data"`
+}
+
+type SSHInfo struct {
+	Name       string `json:"name"`
+	Host       string `json:"host"`
+	Port       int    `json:"port"`
+	User       string `json:"user"`
+	KeyPath    string `json:"key_path"`
+	KnownHosts string `json:"known_hosts"`
+}
+
+type KernelImportParams struct {
+	Name   string `json:"name,omitempty"`
+	Debian bool   `json:"debian,omitempty"`
+	Deb    string `json:"deb,omitempty"`
+}
+
+type Kernel struct {
+	Name      string    `json:"name"`
+	Version   string    `json:"version"`
+	Source    string    `json:"source"`
+	Path      string    `json:"path"`
+	Initrd    string    `json:"initrd"`
+	SHA256    string    `json:"sha256"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+type ImageBuildParams struct {
+	Name    string `json:"name"`
+	Kernel  string `json:"kernel,omitempty"`
+	Mirror  string `json:"mirror,omitempty"`
+	FromDir string `json:"from_dir,omitempty"` // build from an existing rootfs tree instead of mmdebstrap
+}
+
+type Image struct {
+	Name      string    `json:"name"`
+	Source    string    `json:"source"`
+	Path      string    `json:"path"`
+	KernelRef string    `json:"kernel_ref,omitempty"`
+	SizeBytes int64     `json:"size_bytes"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+type DaemonStatus struct {
+	PID       int       `json:"pid"`
+	UID       int       `json:"uid"`
+	StateDir  string    `json:"state_dir"`
+	Socket    string    `json:"socket"`
+	Version   string    `json:"version"`
+	StartedAt time.Time `json:"started_at"`
+	VMs       int       `json:"vms"`
+	Running   int       `json:"running"`
+	Accel     string    `json:"accel"`
+}
+
+type DoctorCheck struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"`
+}
+
+type DoctorResult struct {
+	Checks []DoctorCheck `json:"checks"`
+	Accel  string        `json:"accel"`
+}

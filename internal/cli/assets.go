@@ -1,0 +1,213 @@
+package cli
+
+import (
+	"fmt"
+	"path/filepath"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/rpc"
+)
+
+func (a *app) kernelCmd() *cobra.Command {
+	c := &cobra.Command{Use: "kernel", Short: "Import and manage guest kernels"}
+	var p api.KernelImportParams
+	imp := &cobra.Command{
+		Use:   "import (--debian | --deb FILE.deb) [--name NAME]",
+		Short: "Import a Debian cloud kernel and generate banger's initramfs",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if p.Deb != "" {
+				abs, err := filepath.Abs(p.Deb)
+				if err != nil {
+					return err
+				}
+				p.Deb = abs
+			}
+			sv := a.newStageView("importing kernel")
+			var k api.Kernel
+			if err := a.call(cmd.Context(), api.MethodKernelImport, p, &k, rpc.WithEvents(sv.event)); err != nil {
+				return err
+			}
+			sv.done()
+			if a.json {
+				return a.printJSON(k)
+			}
+			fmt.Fprintf(a.stdout, "kernel %s imported (%s, sha256 %s)\n", k.Name, k.Version, short(k.SHA256))
+			return nil
+		},
+	}
+	imp.Flags().BoolVar(&p.Debian, "debian", false, "download linux-image-cloud-amd64 with apt-get")
+	imp.Flags().StringVar(&p.Deb, "deb", "", "import this kernel .deb")
+	imp.Flags().StringVar(&p.Name, "name", "", "kernel name (default debian-cloud)")
+	list := &cobra.Command{
+		Use: "list", Aliases: []string{"ls"}, Short: "List kernels", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var ks []api.Kernel
+			if err := a.call(cmd.Context(), api.MethodKernelList, nil, &ks); err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(ks)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tVERSION\tSOURCE\tSHA256\tCREATED")
+			for _, k := range ks {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.Name, k.Version, k.Source, short(k.SHA256), ago(k.CreatedAt))
+			}
+			return tw.Flush()
+		},
+	}
+	c.AddCommand(imp, list, a.rmCmd("kernel", api.MethodKernelRm))
+	return c
+}
+
+func short(s string) string {
+	if len(s) > 12 {
+		return s[:12]
+	}
+	return s
+}
+
+func (a *app) rmCmd(kind, method string) *cobra.Command {
+	return &cobra.Command{
+		Use: "rm NAME", Aliases: []string{"delete"}, Short: "Remove a " + kind + " (refused while a VM uses it)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.call(cmd.Context(), method, api.NameParams{Name: args[0]}, nil); err != nil {
+				return err
+			}
+			if !a.json {
+				fmt.Fprintf(a.stdout, "removed %s %s\n", kind, args[0])
+			}
+			return nil
+		},
+	}
+}
+
+func (a *app) imageCmd() *cobra.Command {
+	c := &cobra.Command{Use: "image", Short: "Build and manage root images"}
+	var p api.ImageBuildParams
+	build := &cobra.Command{
+		Use:   "build NAME",
+		Short: "Build a Debian bookworm image (systemd, sshd, git, banger-agent) without mounting",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p.Name = args[0]
+			if p.FromDir != "" {
+				abs, err := filepath.Abs(p.FromDir)
+				if err != nil {
+					return err
+				}
+				p.FromDir = abs
+			}
+			sv := a.newStageView("building image " + p.Name)
+			var img api.Image
+			if err := a.call(cmd.Context(), api.MethodImageBuild, p, &img, rpc.WithEvents(sv.event)); err != nil {
+				return err
+			}
+			sv.done()
+			if a.json {
+				return a.printJSON(img)
+			}
+			fmt.Fprintf(a.stdout, "image %s built (%s)\n", img.Name, human(img.SizeBytes))
+			return nil
+		},
+	}
+	build.Flags().StringVar(&p.Kernel, "kernel", "", "default kernel for VMs of this image")
+	build.Flags().StringVar(&p.Mirror, "mirror", "", "Debian mirror URL")
+	build.Flags().StringVar(&p.FromDir, "from-dir", "", "use this rootfs tree instead of running mmdebstrap")
+	list := &cobra.Command{
+		Use: "list", Aliases: []string{"ls"}, Short: "List images", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var is []api.Image
+			if err := a.call(cmd.Context(), api.MethodImageList, nil, &is); err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(is)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSIZE\tKERNEL\tSOURCE\tCREATED")
+			for _, i := range is {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", i.Name, human(i.SizeBytes), i.KernelRef, i.Source, ago(i.CreatedAt))
+			}
+			return tw.Flush()
+		},
+	}
+	c.AddCommand(build, list, a.rmCmd("image", api.MethodImageRm))
+	return c
+}
+
+func (a *app) daemonCmd() *cobra.Command {
+	c := &cobra.Command{Use: "daemon", Short: "Inspect or stop bangerd"}
+	status := &cobra.Command{
+		Use: "status", Short: "Show whether bangerd runs, and its state", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var st api.DaemonStatus
+			if err := a.client().Call(cmd.Context(), api.MethodDaemonStatus, nil, &st); err != nil {
+				if errorsIsNoDaemon(err) {
+					if a.json {
+						return a.printJSON(map[string]any{"running": false, "socket": a.layout.Socket()})
+					}
+					fmt.Fprintf(a.stdout, "bangerd is not running (socket %s)\n", a.layout.Socket())
+					return exitCode(3)
+				}
+				return err
+			}
+			if a.json {
+				return a.printJSON(st)
+			}
+			fmt.Fprintf(a.stdout, "bangerd running: pid %d, uid %d, %s, accel %s\nstate dir %s\nvms %d (%d running)\n",
+				st.PID, st.UID, st.Version, st.Accel, st.StateDir, st.VMs, st.Running)
+			return nil
+		},
+	}
+	stop := &cobra.Command{
+		Use: "stop", Short: "Stop bangerd (running VMs keep running and are adopted at next start)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			err := a.client().Call(cmd.Context(), api.MethodDaemonStop, nil, nil)
+			if errorsIsNoDaemon(err) {
+				fmt.Fprintln(a.stdout, "bangerd is not running")
+				return nil
+			}
+			if err == nil {
+				fmt.Fprintln(a.stdout, "bangerd stopping")
+			}
+			return err
+		},
+	}
+	c.AddCommand(status, stop)
+	return c
+}
+
+func (a *app) doctorCmd() *cobra.Command {
+	return &cobra.Command{
+		Use: "doctor", Short: "Check that this host can run banger VMs", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var r api.DoctorResult
+			if err := a.call(cmd.Context(), api.MethodDoctor, nil, &r); err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(r)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			bad := 0
+			for _, c := range r.Checks {
+				mark := "ok"
+				if !c.OK {
+					mark = "FAIL"
+					bad++
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", mark, c.Name, c.Detail)
+			}
+			_ = tw.Flush()
+			if bad > 0 {
+				return exitCode(1)
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,242 @@
+package cli
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/rpc"
+)
+
+type execOpts struct {
+	tty, noTTY bool
+	env        []string
+	dir        string
+}
+
+func (o *execOpts) flags(c *cobra.Command) {
+	c.Flags().BoolVarP(&o.tty, "tty", "t", false, "force a PTY")
+	c.Flags().BoolVarP(&o.noTTY, "no-tty", "T", false, "never allocate a PTY")
+	c.Flags().StringArrayVarP(&o.env, "env", "e", nil, "KEY=VALUE set in the remote command's environment")
+	c.Flags().StringVarP(&o.dir, "workdir", "w", "", "run in this directory in the guest")
+}
+
+// commandParams turns the words after "--" into exec params: one word is a
+// shell command line (like ssh), several are an argv quoted for the remote shell.
+func commandParams(name string, words []string) api.ExecParams {
+	p := api.ExecParams{Name: name}
+	switch len(words) {
+	case 0:
+	case 1:
+		p.Command = words[0]
+	default:
+		p.Argv = words
+	}
+	return p
+}
+
+// execStream runs p in the VM, streaming stdin/stdout/stderr, signals and
+// window size, and returns the remote exit code.
+func (a *app) execStream(ctx context.Context, p api.ExecParams, o execOpts) (int, error) {
+	inFile, inIsFile := a.stdin.(*os.File)
+	interactive := inIsFile && term.IsTerminal(int(inFile.Fd())) && isTerminal(a.stdout)
+	p.TTY = (interactive || o.tty) && !o.noTTY
+	for _, kv := range o.env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return 0, fmt.Errorf("--env %q: want KEY=VALUE: %w", kv, api.ErrInvalid)
+		}
+		if p.Env == nil {
+			p.Env = map[string]string{}
+		}
+		p.Env[k] = v
+	}
+	if o.dir != "" {
+		p.Dir = o.dir
+	}
+	p.Stdin = true
+	input := make(chan api.Input, 16)
+	if p.TTY {
+		p.Term = os.Getenv("TERM")
+		if p.Term == "" {
+			p.Term = "xterm-256color"
+		}
+		if inIsFile && term.IsTerminal(int(inFile.Fd())) {
+			if w, h, err := term.GetSize(int(inFile.Fd())); err == nil {
+				p.Cols, p.Rows = w, h
+			}
+			if old, err := term.MakeRaw(int(inFile.Fd())); err == nil {
+				defer func() { _ = term.Restore(int(inFile.Fd()), old) }()
+			}
+		}
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGWINCH)
+	defer signal.Stop(sigs)
+	done := make(chan struct{})
+	defer close(done)
+	send := func(in api.Input) bool {
+		select {
+		case input <- in:
+			return true
+		case <-done:
+			return false
+		}
+	}
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case s := <-sigs:
+				switch s {
+				case syscall.SIGWINCH:
+					if inIsFile {
+						if w, h, err := term.GetSize(int(inFile.Fd())); err == nil {
+							send(api.Input{Resize: &api.Winsize{Cols: w, Rows: h}})
+						}
+					}
+				case syscall.SIGINT:
+					send(api.Input{Signal: "INT"})
+				case syscall.SIGTERM:
+					send(api.Input{Signal: "TERM"})
+				case syscall.SIGHUP:
+					send(api.Input{Signal: "HUP"})
+				}
+			}
+		}
+	}()
+	go func() {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := a.stdin.Read(buf)
+			if n > 0 {
+				if !send(api.Input{Stdin: append([]byte(nil), buf[:n]...)}) {
+					return
+				}
+			}
+			if err != nil {
+				send(api.Input{EOF: true})
+				return
+			}
+		}
+	}()
+	var res api.ExecResult
+	err := a.call(ctx, api.MethodVMExec, p, &res, rpc.WithInput(input), rpc.WithEvents(func(ev api.Event) {
+		switch ev.Stream {
+		case "stdout":
+			_, _ = a.stdout.Write(ev.Data)
+		case "stderr":
+			_, _ = a.stderr.Write(ev.Data)
+		}
+	}))
+	return res.ExitCode, err
+}
+
+func (a *app) vmSSHCmd() *cobra.Command {
+	var o execOpts
+	c := &cobra.Command{
+		Use:   "ssh NAME [-- COMMAND...]",
+		Short: "Open a shell in a VM, or run a command there (exit code propagated)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p := api.ExecParams{Name: args[0], Command: strings.Join(args[1:], " ")}
+			code, err := a.execStream(cmd.Context(), p, o)
+			return codeErr(code, err)
+		},
+	}
+	o.flags(c)
+	return c
+}
+
+func (a *app) vmExecCmd() *cobra.Command {
+	var o execOpts
+	c := &cobra.Command{
+		Use:   "exec NAME -- COMMAND...",
+		Short: "Run a command in a running VM (exit code propagated)",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			code, err := a.execStream(cmd.Context(), commandParams(args[0], args[1:]), o)
+			return codeErr(code, err)
+		},
+	}
+	o.flags(c)
+	return c
+}
+
+// codeErr maps a remote exit code to the CLI's; transport errors exit 125
+// so they are not mistaken for the command's own failure.
+func codeErr(code int, err error) error {
+	if err != nil {
+		return fmt.Errorf("%w", runErr{err})
+	}
+	if code != 0 {
+		return exitCode(code)
+	}
+	return nil
+}
+
+type runErr struct{ error }
+
+func (e runErr) Unwrap() error { return e.error }
+
+func randomName() string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return "run-" + hex.EncodeToString(b[:])
+}
+
+func (a *app) vmRunCmd() *cobra.Command {
+	var p api.CreateVMParams
+	var rm bool
+	var o execOpts
+	c := &cobra.Command{
+		Use:   "run [--name N] [--rm] -- COMMAND...",
+		Short: "Create and boot a VM, run a command in it, and exit with its exit code",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if p.Name == "" {
+				p.Name = randomName()
+			}
+			ctx := cmd.Context()
+			if _, err := a.createVM(cmd, p); err != nil {
+				if rm {
+					a.cleanupRun(p.Name)
+				}
+				return err
+			}
+			code, err := a.execStream(ctx, commandParams(p.Name, args), o)
+			if rm {
+				a.cleanupRun(p.Name)
+			}
+			return codeErr(code, err)
+		},
+	}
+	c.Flags().StringVar(&p.Name, "name", "", "VM name (default run-XXXXXX)")
+	c.Flags().BoolVar(&rm, "rm", false, "delete the VM when the command finishes")
+	addCreateFlags(c, &p)
+	o.flags(c)
+	return c
+}
+
+// cleanupRun deletes a `vm run --rm` VM on a fresh context: the command's
+// own context may already be cancelled.
+func (a *app) cleanupRun(name string) {
+	err := a.call(context.Background(), api.MethodVMDelete, api.DeleteVMParams{Name: name, Force: true}, nil)
+	if err != nil && !errors.Is(err, api.ErrNotFound) {
+		fmt.Fprintf(a.stderr, "banger: --rm: %s\n", oneLine(err))
+	}
+}
+
+var _ io.Reader = (*os.File)(nil)

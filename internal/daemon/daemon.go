@@ -1,0 +1,478 @@
+// Package daemon maps RPC methods onto the services. It holds no domain
+// logic: decode, call, render.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/guest"
+	"github.com/banger-dev/banger/internal/image"
+	"github.com/banger-dev/banger/internal/kernel"
+	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/rpc"
+	"github.com/banger-dev/banger/internal/store"
+	"github.com/banger-dev/banger/internal/vm"
+)
+
+// Version is stamped by the build.
+var Version = "dev"
+
+// Deps are the services the daemon dispatches to.
+type Deps struct {
+	Log      *slog.Logger
+	Layout   paths.Layout
+	Store    *store.Store
+	VMs      *vm.Service
+	Kernels  *kernel.Importer
+	Images   *image.Builder
+	Doctor   func(ctx context.Context) api.DoctorResult
+	Accel    func() string
+	Shutdown func() // asks the daemon to exit
+}
+
+// Daemon is the RPC front.
+type Daemon struct {
+	d       Deps
+	started time.Time
+}
+
+// Register installs every method on srv.
+func Register(srv *rpc.Server, d Deps) *Daemon {
+	dm := &Daemon{d: d, started: time.Now()}
+	srv.Handle(api.MethodVMCreate, dm.vmCreate)
+	srv.Handle(api.MethodVMList, dm.vmList)
+	srv.Handle(api.MethodVMShow, dm.vmShow)
+	srv.Handle(api.MethodVMStart, dm.vmStart)
+	srv.Handle(api.MethodVMStop, dm.vmStop)
+	srv.Handle(api.MethodVMKill, dm.vmKill)
+	srv.Handle(api.MethodVMRestart, dm.vmRestart)
+	srv.Handle(api.MethodVMDelete, dm.vmDelete)
+	srv.Handle(api.MethodVMExec, dm.vmExec)
+	srv.Handle(api.MethodVMLogs, dm.vmLogs)
+	srv.Handle(api.MethodVMSSHInfo, dm.vmSSHInfo)
+	srv.Handle(api.MethodKernelImport, dm.kernelImport)
+	srv.Handle(api.MethodKernelList, dm.kernelList)
+	srv.Handle(api.MethodKernelRm, dm.kernelRm)
+	srv.Handle(api.MethodImageBuild, dm.imageBuild)
+	srv.Handle(api.MethodImageList, dm.imageList)
+	srv.Handle(api.MethodImageRm, dm.imageRm)
+	srv.Handle(api.MethodDaemonStatus, dm.status)
+	srv.Handle(api.MethodDaemonStop, dm.stop)
+	srv.Handle(api.MethodDoctor, dm.doctor)
+	return dm
+}
+
+// detached runs long work on a context that outlives the request: a client
+// that hangs up (Ctrl-C) stops watching, the work still completes or rolls
+// back cleanly. Progress is forwarded while the client listens.
+func detached[T any](ctx context.Context, c *rpc.Call, work func(ctx context.Context, progress vm.Progress) (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	wctx := context.WithoutCancel(ctx)
+	go func() {
+		v, err := work(wctx, func(stage, msg string) { c.Progress(stage, msg) })
+		done <- result{v, err}
+	}()
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-ctx.Done():
+		var zero T
+		return zero, fmt.Errorf("client went away; the operation continues in the daemon: %w", ctx.Err())
+	}
+}
+
+func (dm *Daemon) vmCreate(ctx context.Context, c *rpc.Call) (any, error) {
+	var p api.CreateVMParams
+	if err := c.Decode(&p); err != nil {
+		return nil, err
+	}
+	v, err := detached(ctx, c, func(ctx context.Context, pr vm.Progress) (store.VM, error) {
+		return dm.d.VMs.Create(ctx, p, pr)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return dm.d.VMs.View(v), nil
+}
+
+func (dm *Daemon) vmList(ctx context.Context, c *rpc.Call) (any, error) {
+	vms, err := dm.d.VMs.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.VM, 0, len(vms))
+	for _, v := range vms {
+		out = append(out, dm.d.VMs.View(v))
+	}
+	return out, nil
+}
+
+func (dm *Daemon) name(c *rpc.Call) (string, error) {
+	var p api.NameParams
+	if err := c.Decode(&p); err != nil {
+		return "", err
+	}
+	if p.Name == "" {
+		return "", fmt.Errorf("name is required: %w", api.ErrInvalid)
+	}
+	return p.Name, nil
+}
+
+func (dm *Daemon) vmShow(ctx context.Context, c *rpc.Call) (any, error) {
+	n, err := dm.name(c)
+	if err != nil {
+		return nil, err
+	}
+	v, err := dm.d.VMs.Get(ctx, n)
+	if err != nil {
+		return nil, err
+	}
+	return dm.d.VMs.View(v), nil
+}
+
+func (dm *Daemon) vmStart(ctx context.Context, c *rpc.Call) (any, error) {
+	n, err := dm.name(c)
+	if err != nil {
+		return nil, err
+	}
+	v, err := detached(ctx, c, func(ctx context.Context, pr vm.Progress) (store.VM, error) {
+		return dm.d.VMs.Start(ctx, n, pr)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return dm.d.VMs.View(v), nil
+}
+
+func (dm *Daemon) vmRestart(ctx context.Context, c *rpc.Call) (any, error) {
+	n, err := dm.name(c)
+	if err != nil {
+		return nil, err
+	}
+	v, err := detached(ctx, c, func(ctx context.Context, pr vm.Progress) (store.VM, error) {
+		return dm.d.VMs.Restart(ctx, n, pr)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return dm.d.VMs.View(v), nil
+}
+
+func (dm *Daemon) vmStop(ctx context.Context, c *rpc.Call) (any, error) {
+	n, err := dm.name(c)
+	if err != nil {
+		return nil, err
+	}
+	v, err := dm.d.VMs.Stop(context.WithoutCancel(ctx), n, false)
+	if err != nil {
+		return nil, err
+	}
+	return dm.d.VMs.View(v), nil
+}
+
+func (dm *Daemon) vmKill(ctx context.Context, c *rpc.Call) (any, error) {
+	n, err := dm.name(c)
+	if err != nil {
+		return nil, err
+	}
+	v, err := dm.d.VMs.Kill(context.WithoutCancel(ctx), n)
+	if err != nil {
+		return nil, err
+	}
+	return dm.d.VMs.View(v), nil
+}
+
+func (dm *Daemon) vmDelete(ctx context.Context, c *rpc.Call) (any, error) {
+	var p api.DeleteVMParams
+	if err := c.Decode(&p); err != nil {
+		return nil, err
+	}
+	return nil, dm.d.VMs.Delete(context.WithoutCancel(ctx), p.Name, p.Force)
+}
+
+func (dm *Daemon) vmLogs(ctx context.Context, c *rpc.Call) (any, error) {
+	var p api.LogsParams
+	if err := c.Decode(&p); err != nil {
+		return nil, err
+	}
+	path, data, err := dm.d.VMs.Logs(ctx, p.Name, p.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	return api.LogsResult{Path: path, Data: data}, nil
+}
+
+func (dm *Daemon) vmSSHInfo(ctx context.Context, c *rpc.Call) (any, error) {
+	n, err := dm.name(c)
+	if err != nil {
+		return nil, err
+	}
+	v, _, err := dm.d.VMs.SSHTarget(ctx, n)
+	if err != nil {
+		return nil, err
+	}
+	return api.SSHInfo{Name: v.Name, Host: v.GuestIP, Port: 22, User: "root",
+		KeyPath: dm.d.Layout.ClientKey(), KnownHosts: dm.d.Layout.KnownHosts()}, nil
+}
+
+func (dm *Daemon) vmExec(ctx context.Context, c *rpc.Call) (any, error) {
+	var p api.ExecParams
+	if err := c.Decode(&p); err != nil {
+		return nil, err
+	}
+	if p.Name == "" {
+		return nil, fmt.Errorf("name is required: %w", api.ErrInvalid)
+	}
+	req := guest.ExecRequest{Argv: p.Argv, Command: p.Command, Env: p.Env, Dir: p.Dir,
+		Stdout: c.Stdout(), Stderr: c.Stderr()}
+	if p.TTY {
+		req.TTY = &guest.TTY{Term: p.Term, Cols: p.Cols, Rows: p.Rows}
+	}
+	resize := make(chan guest.Winsize, 4)
+	signals := make(chan string, 4)
+	req.Resize, req.Signals = resize, signals
+	var stdinW *io.PipeWriter
+	if p.Stdin {
+		var r *io.PipeReader
+		r, stdinW = io.Pipe()
+		req.Stdin = r
+	}
+	// Pump client frames: stdin bytes, window changes, signals.
+	go func() {
+		defer func() {
+			if stdinW != nil {
+				_ = stdinW.Close()
+			}
+		}()
+		for in := range c.Input() {
+			switch {
+			case in.Resize != nil:
+				select {
+				case resize <- guest.Winsize{Cols: in.Resize.Cols, Rows: in.Resize.Rows}:
+				default:
+				}
+			case in.Signal != "":
+				select {
+				case signals <- in.Signal:
+				default:
+				}
+			case len(in.Stdin) > 0 && stdinW != nil:
+				if _, err := stdinW.Write(in.Stdin); err != nil {
+					return
+				}
+			}
+			if in.EOF && stdinW != nil {
+				_ = stdinW.Close()
+				stdinW = nil
+			}
+		}
+	}()
+	code, err := dm.d.VMs.Exec(ctx, p.Name, req)
+	if err != nil {
+		return nil, err
+	}
+	return api.ExecResult{ExitCode: code}, nil
+}
+
+func (dm *Daemon) kernelImport(ctx context.Context, c *rpc.Call) (any, error) {
+	var p api.KernelImportParams
+	if err := c.Decode(&p); err != nil {
+		return nil, err
+	}
+	if p.Debian == (p.Deb != "") {
+		return nil, fmt.Errorf("give exactly one of --debian or --deb FILE: %w", api.ErrInvalid)
+	}
+	return detached(ctx, c, func(ctx context.Context, pr vm.Progress) (api.Kernel, error) {
+		deb := p.Deb
+		if p.Debian {
+			pr("download", "apt-get download linux-image-cloud-amd64")
+			dir, err := os.MkdirTemp(dm.d.Layout.Tmp(), "deb-")
+			if err != nil {
+				return api.Kernel{}, err
+			}
+			defer os.RemoveAll(dir)
+			if deb, err = dm.d.Kernels.DownloadDebian(ctx, dir); err != nil {
+				return api.Kernel{}, err
+			}
+		}
+		name := p.Name
+		if name == "" {
+			name = "debian-cloud"
+		}
+		if _, err := dm.d.Store.GetKernel(ctx, name); err == nil {
+			return api.Kernel{}, fmt.Errorf("kernel %q: %w", name, api.ErrExists)
+		}
+		info, err := dm.d.Kernels.ImportDeb(ctx, name, deb, func(stage string) { pr(stage, "") })
+		if err != nil {
+			return api.Kernel{}, err
+		}
+		k := store.Kernel{Name: info.Name, Version: info.Version, Source: info.Source, Path: info.Kernel, Initrd: info.Initrd, SHA256: info.SHA256}
+		if err := dm.d.Store.CreateKernel(ctx, &k); err != nil {
+			_ = kernel.Remove(dm.d.Layout, name)
+			return api.Kernel{}, err
+		}
+		return kernelView(k), nil
+	})
+}
+
+func kernelView(k store.Kernel) api.Kernel {
+	return api.Kernel{Name: k.Name, Version: k.Version, Source: k.Source, Path: k.Path, Initrd: k.Initrd, SHA256: k.SHA256, CreatedAt: k.CreatedAt}
+}
+
+func imageView(i store.Image) api.Image {
+	return api.Image{Name: i.Name, Source: i.Source, Path: i.Path, KernelRef: i.KernelRef, SizeBytes: i.SizeBytes, CreatedAt: i.CreatedAt}
+}
+
+func (dm *Daemon) kernelList(ctx context.Context, c *rpc.Call) (any, error) {
+	ks, err := dm.d.Store.ListKernels(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Kernel, 0, len(ks))
+	for _, k := range ks {
+		out = append(out, kernelView(k))
+	}
+	return out, nil
+}
+
+func (dm *Daemon) kernelRm(ctx context.Context, c *rpc.Call) (any, error) {
+	n, err := dm.name(c)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := dm.d.Store.GetKernel(ctx, n); err != nil {
+		return nil, fmt.Errorf("kernel %q: %w", n, err)
+	}
+	if err := dm.inUse(ctx, func(v store.VM) bool { return v.Kernel == n }, "kernel", n); err != nil {
+		return nil, err
+	}
+	if err := dm.d.Store.DeleteKernel(ctx, n); err != nil {
+		return nil, err
+	}
+	return nil, kernel.Remove(dm.d.Layout, n)
+}
+
+func (dm *Daemon) inUse(ctx context.Context, uses func(store.VM) bool, kind, name string) error {
+	vms, err := dm.d.Store.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, v := range vms {
+		if uses(v) {
+			return fmt.Errorf("%s %q is used by vm %q: %w", kind, name, v.Name, api.ErrBusy)
+		}
+	}
+	return nil
+}
+
+func (dm *Daemon) imageBuild(ctx context.Context, c *rpc.Call) (any, error) {
+	var p api.ImageBuildParams
+	if err := c.Decode(&p); err != nil {
+		return nil, err
+	}
+	if p.Name == "" {
+		return nil, fmt.Errorf("name is required: %w", api.ErrInvalid)
+	}
+	if p.Kernel != "" {
+		if _, err := dm.d.Store.GetKernel(ctx, p.Kernel); err != nil {
+			return nil, fmt.Errorf("kernel %q: %w", p.Kernel, err)
+		}
+	}
+	if _, err := dm.d.Store.GetImage(ctx, p.Name); err == nil {
+		return nil, fmt.Errorf("image %q: %w", p.Name, api.ErrExists)
+	}
+	return detached(ctx, c, func(ctx context.Context, pr vm.Progress) (api.Image, error) {
+		b := *dm.d.Images
+		if p.Mirror != "" {
+			b.Mirror = p.Mirror
+		}
+		stage := func(s string) { pr(s, "") }
+		var info image.Info
+		var err error
+		if p.FromDir != "" {
+			info, err = b.BuildFromDir(ctx, p.Name, p.FromDir, stage)
+		} else {
+			info, err = b.BuildDefault(ctx, p.Name, stage)
+		}
+		if err != nil {
+			return api.Image{}, err
+		}
+		img := store.Image{Name: info.Name, Source: info.Source, Path: dm.d.Layout.Image(info.Name) + "/" + paths.RootfsFile,
+			KernelRef: p.Kernel, SizeBytes: info.Size}
+		if err := dm.d.Store.CreateImage(ctx, &img); err != nil {
+			_ = image.Remove(dm.d.Layout, p.Name)
+			return api.Image{}, err
+		}
+		return imageView(img), nil
+	})
+}
+
+func (dm *Daemon) imageList(ctx context.Context, c *rpc.Call) (any, error) {
+	is, err := dm.d.Store.ListImages(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Image, 0, len(is))
+	for _, i := range is {
+		out = append(out, imageView(i))
+	}
+	return out, nil
+}
+
+func (dm *Daemon) imageRm(ctx context.Context, c *rpc.Call) (any, error) {
+	n, err := dm.name(c)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := dm.d.Store.GetImage(ctx, n); err != nil {
+		return nil, fmt.Errorf("image %q: %w", n, err)
+	}
+	// VM root disks are clones, so an image is free to go; we still refuse
+	// while VMs reference it so `vm show` never points at nothing.
+	if err := dm.inUse(ctx, func(v store.VM) bool { return v.Image == n }, "image", n); err != nil {
+		return nil, err
+	}
+	if err := dm.d.Store.DeleteImage(ctx, n); err != nil {
+		return nil, err
+	}
+	return nil, image.Remove(dm.d.Layout, n)
+}
+
+func (dm *Daemon) status(ctx context.Context, c *rpc.Call) (any, error) {
+	vms, err := dm.d.Store.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	running := 0
+	for _, v := range vms {
+		if dm.d.VMs.Running(v) {
+			running++
+		}
+	}
+	return api.DaemonStatus{PID: os.Getpid(), UID: os.Getuid(), StateDir: dm.d.Layout.Root, Socket: dm.d.Layout.Socket(),
+		Version: Version, StartedAt: dm.started, VMs: len(vms), Running: running, Accel: dm.d.Accel()}, nil
+}
+
+func (dm *Daemon) stop(ctx context.Context, c *rpc.Call) (any, error) {
+	if dm.d.Shutdown == nil {
+		return nil, errors.New("shutdown not wired")
+	}
+	// Reply first, then exit; running VMs keep running and are adopted at next start.
+	go func() { time.Sleep(100 * time.Millisecond); dm.d.Shutdown() }()
+	return nil, nil
+}
+
+func (dm *Daemon) doctor(ctx context.Context, c *rpc.Call) (any, error) {
+	return dm.d.Doctor(ctx), nil
+}

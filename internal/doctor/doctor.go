@@ -1,0 +1,87 @@
+// Package doctor checks that the host can run banger VMs and says what is missing.
+package doctor
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/store"
+	"github.com/banger-dev/banger/internal/system"
+)
+
+// Checker runs host checks.
+type Checker struct {
+	Runner system.Runner
+	Layout paths.Layout
+	Store  *store.Store
+	// Accel reports the chosen accelerator and why (from the VMM driver's probe).
+	Accel func(ctx context.Context) (string, string)
+	// LookPath is system.LookPath in production.
+	LookPath func(string) (string, error)
+}
+
+// Binaries banger execs, and what needs them.
+var binaries = []struct{ name, why string }{
+	{"qemu-system-x86_64", "runs VMs (apt-get install qemu-system-x86)"},
+	{"mkfs.ext4", "builds root and work disks (e2fsprogs)"},
+	{"e2fsck", "checks disks before resizing (e2fsprogs)"},
+	{"resize2fs", "grows disks (e2fsprogs)"},
+	{"debugfs", "fixes ownership in images (e2fsprogs)"},
+	{"mmdebstrap", "builds the default image (apt-get install mmdebstrap)"},
+	{"dpkg-deb", "unpacks kernel packages (dpkg)"},
+	{"apt-get", "downloads the Debian kernel"},
+}
+
+// Run returns every check; it never fails as a whole.
+func (c *Checker) Run(ctx context.Context) api.DoctorResult {
+	var res api.DoctorResult
+	add := func(name string, ok bool, detail string) {
+		res.Checks = append(res.Checks, api.DoctorCheck{Name: name, OK: ok, Detail: detail})
+	}
+	for _, b := range binaries {
+		p, err := c.LookPath(b.name)
+		if err != nil {
+			add(b.name, false, "missing: "+b.why)
+			continue
+		}
+		add(b.name, true, p)
+	}
+	accel, why := c.Accel(ctx)
+	res.Accel = accel
+	add("accelerator", accel != "", fmt.Sprintf("%s: %s", accel, why))
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		add("/dev/net/tun", false, "missing: TAP devices unavailable")
+	} else {
+		add("/dev/net/tun", true, "present")
+	}
+	if os.Geteuid() == 0 {
+		add("privileges", true, "running as root: bridge/TAP setup in-process")
+	} else {
+		add("privileges", false, "not root: network setup needs root (the privileged helper is not yet split out)")
+	}
+	if st, err := os.Stat(c.Layout.Root); err != nil {
+		add("state dir", false, err.Error())
+	} else {
+		add("state dir", st.Mode().Perm() == 0o700, fmt.Sprintf("%s (%s)", c.Layout.Root, st.Mode().Perm()))
+	}
+	ks, err := c.Store.ListKernels(ctx)
+	if err != nil || len(ks) == 0 {
+		add("kernel", false, "none imported: run `banger kernel import --debian`")
+	} else {
+		names := make([]string, 0, len(ks))
+		for _, k := range ks {
+			names = append(names, k.Name)
+		}
+		add("kernel", true, strings.Join(names, ", "))
+	}
+	if _, err := c.Store.GetImage(ctx, "default"); err != nil {
+		add("image", false, "no `default` image: run `banger image build default`")
+	} else {
+		add("image", true, "default")
+	}
+	return res
+}

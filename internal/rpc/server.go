@@ -1,0 +1,366 @@
+package rpc
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/opid"
+)
+
+const (
+	// requestTimeout bounds how long a connection may take to send its request.
+	requestTimeout = 30 * time.Second
+	// finalWriteTimeout bounds writing the final frame.
+	finalWriteTimeout = 10 * time.Second
+	// cancelGrace is how long writes may still block after a call's ctx ended.
+	cancelGrace = 5 * time.Second
+	// hangupPoll is how often a call checks whether its client is gone.
+	hangupPoll = 100 * time.Millisecond
+)
+
+// errClientGone is the cancel cause of a call whose client disconnected.
+var errClientGone = errors.New("client disconnected")
+
+// Handler serves one method. The returned value is JSON-encoded as the
+// result; the error is mapped to a wire code with api.CodeOf.
+type Handler func(ctx context.Context, c *Call) (any, error)
+
+// Server dispatches requests on a unix socket to registered handlers.
+type Server struct {
+	log      *slog.Logger
+	allowUID int
+
+	mu       sync.RWMutex
+	handlers map[string]Handler
+}
+
+// NewServer returns a server that accepts only peers running as allowUID.
+// Its log records carry the op id of the request they belong to.
+func NewServer(log *slog.Logger, allowUID int) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{
+		log:      slog.New(opid.Handler(log.Handler())),
+		allowUID: allowUID,
+		handlers: map[string]Handler{},
+	}
+}
+
+// Handle registers h for method. It panics on a malformed or duplicate
+// method name: both are programming errors.
+func (s *Server) Handle(method string, h Handler) {
+	if !validMethod(method) {
+		panic(fmt.Sprintf("rpc: malformed method name %q", method))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, dup := s.handlers[method]; dup {
+		panic(fmt.Sprintf("rpc: method %q registered twice", method))
+	}
+	s.handlers[method] = h
+}
+
+func (s *Server) handler(method string) (Handler, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	h, ok := s.handlers[method]
+	return h, ok
+}
+
+// Serve accepts connections until ctx is done or ln is closed; it closes ln
+// when ctx ends. Before returning it cancels the in-flight handlers and
+// waits for them. It returns nil on those two normal ends.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+				errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EINTR) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("rpc accept", "error", err, "retry_in", backoff.String())
+				select {
+				case <-time.After(backoff):
+				case <-ctx.Done():
+					return nil
+				}
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		backoff = 0
+		uc, ok := conn.(*net.UnixConn)
+		if !ok {
+			conn.Close()
+			s.log.Error("rpc: listener returned a non-unix connection")
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serveConn(ctx, uc)
+		}()
+	}
+}
+
+func (s *Server) serveConn(ctx context.Context, conn *net.UnixConn) {
+	defer conn.Close()
+	start := time.Now()
+	w := &frameWriter{conn: conn}
+
+	cred, err := peerCred(conn)
+	if err != nil {
+		s.log.Error("rpc peer credentials", "error", err)
+		return
+	}
+	if int(cred.Uid) != s.allowUID {
+		id := opid.New()
+		s.log.WarnContext(opid.NewContext(ctx, id), "rpc peer refused",
+			"peer_uid", cred.Uid, "peer_pid", cred.Pid, "allowed_uid", s.allowUID)
+		_ = w.write(api.Response{OpID: id, Done: true, Error: &api.Error{
+			Code: api.CodePermission, OpID: id,
+			Message: fmt.Sprintf("uid %d may not use this socket", cred.Uid),
+		}})
+		return
+	}
+
+	br := bufio.NewReaderSize(conn, 64<<10)
+	_ = conn.SetReadDeadline(time.Now().Add(requestTimeout))
+	frame, err := readFrame(br, MaxRequestFrame)
+	_ = conn.SetReadDeadline(time.Time{})
+	if errors.Is(err, io.EOF) {
+		return // connected and left: a liveness probe, e.g. Listen's stale check
+	}
+	var req api.Request
+	if err == nil {
+		req, err = decodeRequest(frame)
+	} else if errors.Is(err, errFrameTooLarge) {
+		err = fmt.Errorf("%w: request %v", api.ErrInvalid, err)
+	} else {
+		err = fmt.Errorf("%w: reading request: %v", api.ErrInvalid, err)
+	}
+	id := req.OpID
+	if !opid.Valid(id) {
+		id = opid.New()
+	}
+	ctx = opid.NewContext(ctx, id)
+	if err != nil {
+		s.finish(ctx, w, "", start, nil, err)
+		return
+	}
+	if req.OpID != "" && req.OpID != id {
+		s.log.WarnContext(ctx, "rpc ignored malformed forwarded op id", "method", req.Method)
+	}
+	s.log.InfoContext(ctx, "rpc start", "method", req.Method, "peer_pid", cred.Pid)
+	h, ok := s.handler(req.Method)
+	if !ok {
+		s.finish(ctx, w, req.Method, start, nil, &api.Error{
+			Code: api.CodeUnknown, Message: fmt.Sprintf("unknown method %q", req.Method), OpID: id,
+		})
+		return
+	}
+
+	callCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	// Once the call is over (or the client gone), bounded writes only.
+	stopGrace := context.AfterFunc(callCtx, func() {
+		_ = conn.SetWriteDeadline(time.Now().Add(cancelGrace))
+	})
+	defer stopGrace()
+
+	c := &Call{
+		Method: req.Method, Params: req.Params, OpID: id,
+		PeerUID: int(cred.Uid), PeerPID: int(cred.Pid),
+		w: w, in: make(chan api.Input, 16),
+	}
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		s.finish(ctx, w, req.Method, start, nil, fmt.Errorf("raw conn: %w", err))
+		return
+	}
+	var bg sync.WaitGroup
+	bg.Add(2)
+	go func() { defer bg.Done(); readInputs(callCtx, cancel, br, raw, c.in) }()
+	go func() { defer bg.Done(); watchHangup(callCtx, cancel, raw) }()
+
+	result, herr := s.invoke(callCtx, h, c)
+	if herr != nil && (errors.Is(herr, context.Canceled) || errors.Is(herr, context.DeadlineExceeded)) {
+		// Report why the call was cancelled (bad input frame, client gone) when we know.
+		if cause := context.Cause(callCtx); cause != nil && !errors.Is(cause, context.Canceled) {
+			herr = fmt.Errorf("%w: %w", herr, cause)
+		}
+	}
+	s.finish(ctx, w, req.Method, start, result, herr)
+	cancel(nil)
+	conn.Close() // unblocks the input reader
+	bg.Wait()
+}
+
+// invoke runs h, turning a panic into an internal error.
+func (s *Server) invoke(ctx context.Context, h Handler, c *Call) (result any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.ErrorContext(ctx, "rpc handler panic", "method", c.Method,
+				"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			result, err = nil, errors.New("internal error: handler panicked (see daemon log)")
+		}
+	}()
+	return h(ctx, c)
+}
+
+// finish writes the final frame and logs the end of the request.
+func (s *Server) finish(ctx context.Context, w *frameWriter, method string, start time.Time, result any, err error) {
+	id := opid.FromContext(ctx)
+	resp := api.Response{OpID: id, Done: true}
+	if err == nil && result != nil {
+		b, merr := json.Marshal(result)
+		if merr != nil {
+			err = fmt.Errorf("encode result: %w", merr)
+		} else {
+			resp.Result = b
+		}
+	}
+	if err != nil {
+		resp.Error = wireError(err, id)
+	}
+	werr := w.write(resp)
+
+	attrs := []slog.Attr{
+		slog.String("method", method),
+		slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
+	}
+	level := slog.LevelInfo
+	if resp.Error != nil {
+		attrs = append(attrs, slog.String("code", string(resp.Error.Code)), slog.String("error", resp.Error.Message))
+		if resp.Error.Code == api.CodeInternal {
+			level = slog.LevelError
+		}
+	}
+	if werr != nil {
+		attrs = append(attrs, slog.String("write_error", werr.Error()))
+	}
+	s.log.LogAttrs(ctx, level, "rpc done", attrs...)
+}
+
+// wireError maps an error chain to its wire form. Cancellation has its own
+// code; an *api.Error (e.g. relayed from the helper) keeps its code.
+func wireError(err error, id string) *api.Error {
+	var we *api.Error
+	if errors.As(err, &we) && err == error(we) {
+		e := *we
+		e.OpID = id
+		return &e
+	}
+	code := api.CodeOf(err)
+	switch {
+	case code != api.CodeInternal:
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		code = api.CodeCanceled
+	case errors.As(err, &we) && we.Code != "":
+		code = we.Code // a wrapped wire error from a downstream server
+	}
+	return &api.Error{Code: code, Message: err.Error(), OpID: id}
+}
+
+// readInputs feeds client frames into in until EOF, a bad frame or ctx end.
+func readInputs(ctx context.Context, cancel context.CancelCauseFunc, br *bufio.Reader, raw syscall.RawConn, in chan<- api.Input) {
+	defer close(in)
+	for {
+		frame, err := readFrame(br, MaxInputFrame)
+		if err != nil {
+			switch {
+			case errors.Is(err, io.EOF):
+				// Half-close or full close: only a hangup tells them apart.
+				if peerGone(raw) {
+					cancel(errClientGone)
+				}
+			case errors.Is(err, errFrameTooLarge):
+				cancel(fmt.Errorf("%w: input %v", api.ErrInvalid, err))
+			default:
+				cancel(errClientGone)
+			}
+			return
+		}
+		var msg api.Input
+		if err := decodeStrict(frame, &msg); err != nil {
+			cancel(fmt.Errorf("%w: malformed input frame: %v", api.ErrInvalid, err))
+			return
+		}
+		select {
+		case in <- msg:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// watchHangup cancels the call when the client closes its end entirely. A
+// read cannot tell that from a half-close (both are EOF), so poll for HUP.
+func watchHangup(ctx context.Context, cancel context.CancelCauseFunc, raw syscall.RawConn) {
+	t := time.NewTicker(hangupPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if peerGone(raw) {
+				cancel(errClientGone)
+				return
+			}
+		}
+	}
+}
+
+// peerGone reports whether both directions of the socket are shut down,
+// i.e. the peer closed it (POLLHUP), without consuming any data.
+func peerGone(raw syscall.RawConn) bool {
+	gone := false
+	err := raw.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd)}} // no events: HUP/ERR/NVAL are always reported
+		n, err := unix.Poll(fds, 0)
+		gone = err == nil && n > 0 && fds[0].Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0
+	})
+	return gone || err != nil
+}
+
+func peerCred(conn *net.UnixConn) (*unix.Ucred, error) {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	return cred, cerr
+}

@@ -1,0 +1,35 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/guest"
+	"github.com/banger-dev/banger/internal/store"
+)
+
+// Exec runs a command in a running VM over the daemon's kept SSH connection.
+// A stopped VM is refused at once: never a hang, never an auto-start.
+func (s *Service) Exec(ctx context.Context, name string, req guest.ExecRequest) (int, error) {
+	v, err := s.Get(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	if !s.Running(v) {
+		return 0, fmt.Errorf("vm %q is %s: %w", v.Name, v.State, api.ErrNotRunning)
+	}
+	return s.d.SSH.Exec(ctx, s.target(v), req)
+}
+
+// SSHInfo tells the CLI how to reach a running VM directly.
+func (s *Service) SSHTarget(ctx context.Context, name string) (store.VM, guest.Target, error) {
+	v, err := s.Get(ctx, name)
+	if err != nil {
+		return v, guest.Target{}, err
+	}
+	if !s.Running(v) {
+		return v, guest.Target{}, fmt.Errorf("vm %q is %s: %w", v.Name, v.State, api.ErrNotRunning)
+	}
+	return v, s.target(v), nil
+}

@@ -1,0 +1,327 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/store"
+)
+
+// Start boots a stopped VM and waits until it answers SSH.
+func (s *Service) Start(ctx context.Context, name string, progress Progress) (store.VM, error) {
+	v, err := s.Get(ctx, name)
+	if err != nil {
+		return store.VM{}, err
+	}
+	unlock := s.lock(v.ID)
+	defer unlock()
+	if v, err = s.Get(ctx, v.ID); err != nil {
+		return store.VM{}, err
+	}
+	if h := s.handle(v.ID); h != nil && s.d.Driver.Alive(h.PID) {
+		return v, fmt.Errorf("vm %q is already running: %w", v.Name, api.ErrBusy)
+	}
+	if v.State == StateCreating {
+		return v, fmt.Errorf("vm %q is still being created: %w", v.Name, api.ErrBusy)
+	}
+	if err := s.start(ctx, &v, DefaultBootTimeout, progress); err != nil {
+		return v, fmt.Errorf("start vm %q: %w", v.Name, err)
+	}
+	return v, nil
+}
+
+// start runs the start pipeline. The caller holds the VM lock.
+func (s *Service) start(ctx context.Context, v *store.VM, bootTimeout time.Duration, progress Progress) error {
+	h := &Handles{Tap: v.Tap}
+	spec, err := s.spec(*v)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	delete(s.stopped, v.ID)
+	s.mu.Unlock()
+	steps := []step{
+		{name: "seed", do: func(ctx context.Context) error { return s.writeSeed(*v) }},
+		{name: "tap", do: func(ctx context.Context) error {
+			if err := s.d.Net.EnsureBridge(ctx); err != nil {
+				return err
+			}
+			if err := s.d.Net.CreateTap(ctx, v.Tap, s.d.UID); err != nil {
+				return err
+			}
+			// A reused IP may have a stale neighbour entry with an old MAC.
+			if ip, err := netip.ParseAddr(v.GuestIP); err == nil {
+				_ = s.d.Net.FlushNeigh(ctx, ip)
+			}
+			return nil
+		}, undo: func(ctx context.Context) error { return s.d.Net.DeleteTap(ctx, v.Tap) }},
+		{name: "vmm_launch", do: func(ctx context.Context) error {
+			_ = os.Remove(s.consolePath(*v)) // the log shows this boot only
+			pid, err := s.d.Driver.Start(ctx, spec)
+			if err != nil {
+				return err
+			}
+			h.PID = pid
+			s.setHandle(v.ID, h)
+			v.State = StateRunning
+			v.LastError = ""
+			if err := s.writeHandles(*v, h); err != nil {
+				return err
+			}
+			if err := s.d.Store.UpdateVM(ctx, v); err != nil {
+				return err
+			}
+			go s.monitor(v.ID, pid)
+			return nil
+		}, undo: func(ctx context.Context) error {
+			s.mu.Lock()
+			s.stopped[v.ID] = true
+			s.mu.Unlock()
+			s.d.SSH.Drop(v.ID)
+			if h.PID == 0 {
+				if pid, ok := s.d.Driver.Find(spec); ok {
+					h.PID = pid
+				}
+			}
+			var err error
+			if h.PID != 0 {
+				err = s.killAndWait(h.PID)
+			}
+			s.setHandle(v.ID, nil)
+			s.removeHandles(*v)
+			return err
+		}},
+		{name: "wait_ready", do: func(ctx context.Context) error {
+			wctx, cancel := context.WithTimeout(ctx, bootTimeout)
+			defer cancel()
+			err := s.d.SSH.WaitReady(wctx, s.target(*v), 250*time.Millisecond)
+			if err != nil && !s.d.Driver.Alive(h.PID) {
+				return fmt.Errorf("vmm exited during boot: %w\nconsole tail:\n%s", err, s.consoleTail(*v, 2048))
+			}
+			if err != nil && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+				return fmt.Errorf("guest did not answer ssh within %s: %w\nconsole tail:\n%s", bootTimeout, err, s.consoleTail(*v, 2048))
+			}
+			return err
+		}},
+	}
+	err = runSteps(ctx, s.d.Log, steps, progress.stage)
+	if err != nil {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+		defer cancel()
+		v.State = StateError
+		v.LastError = firstLine(err.Error())
+		if uerr := s.d.Store.UpdateVM(uctx, v); uerr != nil {
+			err = errors.Join(err, uerr)
+		}
+		return err
+	}
+	progress.stage("ready")
+	return nil
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+func (s *Service) consoleTail(v store.VM, n int64) string {
+	b, err := tail(s.consolePath(v), n)
+	if err != nil {
+		return "(no console log: " + err.Error() + ")"
+	}
+	return string(b)
+}
+
+// killAndWait SIGKILLs the VMM and waits (bounded) for it to disappear so
+// its disks and TAP are free for the next start.
+func (s *Service) killAndWait(pid int) error {
+	if err := s.d.Driver.Kill(pid); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for s.d.Driver.Alive(pid) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("vmm pid %d still alive after SIGKILL", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}
+
+// Stop shuts a VM down gracefully: sync over SSH, ask for poweroff, then kill
+// the VMM. An unreachable guest is killed after ~2 s. With force, skip the sync.
+func (s *Service) Stop(ctx context.Context, name string, force bool) (store.VM, error) {
+	v, err := s.Get(ctx, name)
+	if err != nil {
+		return store.VM{}, err
+	}
+	unlock := s.lock(v.ID)
+	defer unlock()
+	if v, err = s.Get(ctx, v.ID); err != nil {
+		return store.VM{}, err
+	}
+	h := s.handle(v.ID)
+	if h == nil || !s.d.Driver.Alive(h.PID) {
+		if v.State == StateRunning || v.State == StateError {
+			// Already dead: make sure nothing is left and record it.
+			err := s.teardown(ctx, &v, StateStopped, "")
+			return v, err
+		}
+		return v, fmt.Errorf("vm %q: %w", v.Name, api.ErrNotRunning)
+	}
+	s.mu.Lock()
+	s.stopped[v.ID] = true
+	s.mu.Unlock()
+	if !force {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := s.d.SSH.Shutdown(sctx, s.target(v))
+		cancel()
+		if err != nil {
+			s.d.Log.WarnContext(ctx, "graceful stop failed, killing", "vm", v.Name, "err", err)
+		} else {
+			// The guest has synced; give poweroff a moment, then kill regardless.
+			deadline := time.Now().Add(1500 * time.Millisecond)
+			for s.d.Driver.Alive(h.PID) && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+	}
+	err = s.teardown(ctx, &v, StateStopped, "")
+	return v, err
+}
+
+// teardown kills the VMM (if alive), releases the TAP and handles, and records state.
+func (s *Service) teardown(ctx context.Context, v *store.VM, state, lastErr string) error {
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+	defer cancel()
+	var errs []error
+	s.d.SSH.Drop(v.ID)
+	h := s.handle(v.ID)
+	pid := 0
+	if h != nil {
+		pid = h.PID
+	} else if spec, err := s.spec(*v); err == nil {
+		if p, ok := s.d.Driver.Find(spec); ok {
+			pid = p
+		}
+	}
+	if pid != 0 && s.d.Driver.Alive(pid) {
+		if err := s.killAndWait(pid); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if v.Tap != "" {
+		if err := s.d.Net.DeleteTap(uctx, v.Tap); err != nil {
+			errs = append(errs, fmt.Errorf("delete tap %s: %w", v.Tap, err))
+		}
+	}
+	s.setHandle(v.ID, nil)
+	s.removeHandles(*v)
+	v.State = state
+	v.LastError = lastErr
+	if err := s.d.Store.UpdateVM(uctx, v); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Kill stops a VM at once, without syncing.
+func (s *Service) Kill(ctx context.Context, name string) (store.VM, error) {
+	return s.Stop(ctx, name, true)
+}
+
+// Restart is stop (graceful) then start.
+func (s *Service) Restart(ctx context.Context, name string, progress Progress) (store.VM, error) {
+	if _, err := s.Stop(ctx, name, false); err != nil && !errors.Is(err, api.ErrNotRunning) {
+		return store.VM{}, err
+	}
+	return s.Start(ctx, name, progress)
+}
+
+// Delete removes a VM: its process, TAP, disks, pins and row. A running VM
+// is refused unless force.
+func (s *Service) Delete(ctx context.Context, name string, force bool) error {
+	v, err := s.Get(ctx, name)
+	if err != nil {
+		return err
+	}
+	unlock := s.lock(v.ID)
+	defer unlock()
+	if h := s.handle(v.ID); h != nil && s.d.Driver.Alive(h.PID) {
+		if !force {
+			return fmt.Errorf("vm %q is running (stop it or use --force): %w", v.Name, api.ErrBusy)
+		}
+		s.mu.Lock()
+		s.stopped[v.ID] = true
+		s.mu.Unlock()
+	}
+	var errs []error
+	if err := s.teardown(ctx, &v, StateStopped, ""); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.d.KnownHosts.Remove(v.GuestIP, v.Name+".vm"); err != nil {
+		errs = append(errs, fmt.Errorf("remove known_hosts pin: %w", err))
+	}
+	if err := os.RemoveAll(v.Dir); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("delete vm %q: %w", v.Name, errors.Join(errs...))
+	}
+	if err := s.d.Store.DeleteVM(ctx, v.ID); err != nil {
+		return fmt.Errorf("delete vm %q: %w", v.Name, err)
+	}
+	s.mu.Lock()
+	delete(s.locks, v.ID)
+	delete(s.stopped, v.ID)
+	s.mu.Unlock()
+	return nil
+}
+
+// monitor notices a VMM that died on its own (crash, kill -9, guest poweroff)
+// and tears down what it held.
+func (s *Service) monitor(id string, pid int) {
+	for {
+		time.Sleep(500 * time.Millisecond)
+		h := s.handle(id)
+		if h == nil || h.PID != pid {
+			return // stopped or restarted through the service
+		}
+		if s.d.Driver.Alive(pid) {
+			continue
+		}
+		unlock := s.lock(id)
+		h = s.handle(id)
+		if h == nil || h.PID != pid {
+			unlock()
+			return
+		}
+		ctx := context.Background()
+		v, err := s.d.Store.GetVM(ctx, id)
+		if err == nil {
+			s.mu.Lock()
+			expected := s.stopped[id]
+			s.mu.Unlock()
+			state, msg := StateStopped, ""
+			if !expected {
+				msg = "vmm exited unexpectedly"
+				s.d.Log.Warn("vmm exited", "vm", v.Name, "pid", pid)
+			}
+			if err := s.teardown(ctx, &v, state, msg); err != nil {
+				s.d.Log.Error("teardown after vmm exit", "vm", v.Name, "err", err)
+			}
+		} else {
+			s.setHandle(id, nil)
+		}
+		unlock()
+		return
+	}
+}

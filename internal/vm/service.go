@@ -1,0 +1,411 @@
+// Package vm owns the VM lifecycle: the durable row in the store, the
+// current handles (VMM pid, TAP), the start pipeline, stop, and reconcile.
+package vm
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/disk"
+	"github.com/banger-dev/banger/internal/guest"
+	"github.com/banger-dev/banger/internal/hostnet"
+	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/store"
+	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/vmm"
+)
+
+// VM states as stored in the row.
+const (
+	StateCreating = "creating"
+	StateRunning  = "running"
+	StateStopped  = "stopped"
+	StateError    = "error"
+)
+
+// Defaults for `vm create`.
+const (
+	DefaultImage       = "default"
+	DefaultVCPU        = 2
+	DefaultMemoryMiB   = 1024
+	DefaultWorkDisk    = 8 << 30
+	DefaultBootTimeout = 120 * time.Second
+	workLabel          = "bangerwork"
+	guestUser          = "root"
+)
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`)
+
+// ValidName reports whether name is a valid VM name (it becomes the guest hostname).
+func ValidName(name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("vm name %q: must be 1-32 lower-case letters, digits or '-', not starting or ending with '-': %w", name, api.ErrInvalid)
+	}
+	return nil
+}
+
+// Network is the host side of a VM's NIC (internal/hostnet in production).
+type Network interface {
+	EnsureBridge(ctx context.Context) error
+	CreateTap(ctx context.Context, name string, uid int) error
+	DeleteTap(ctx context.Context, name string) error
+	FlushNeigh(ctx context.Context, ip netip.Addr) error
+}
+
+// Guest reaches into running VMs (internal/guest.Pool in production).
+type Guest interface {
+	WaitReady(ctx context.Context, t guest.Target, interval time.Duration) error
+	Exec(ctx context.Context, t guest.Target, req guest.ExecRequest) (int, error)
+	Shutdown(ctx context.Context, t guest.Target) error
+	Drop(vmID string)
+}
+
+// Pins is banger's known_hosts (internal/guest.KnownHosts in production).
+type Pins interface {
+	Pin(host string, key ssh.PublicKey) error
+	Remove(hosts ...string) error
+}
+
+// Deps are the collaborators of the VM service, wired in cmd/bangerd.
+type Deps struct {
+	Log        *slog.Logger
+	Layout     paths.Layout
+	Store      *store.Store
+	Runner     system.Runner
+	Driver     vmm.Driver
+	Net        Network
+	Subnet     netip.Prefix // guest addresses; the gateway is its first host
+	Gateway    netip.Addr
+	SSH        Guest
+	KnownHosts Pins
+	ClientKey  ssh.PublicKey
+	UID, GID   int // the VMM runs as this user
+}
+
+// Service is the VM lifecycle service.
+type Service struct {
+	d Deps
+
+	mu      sync.Mutex
+	locks   map[string]*sync.Mutex // per-VM operation lock, by id
+	handles map[string]*Handles    // what is true now, by id
+	stopped map[string]bool        // VMs we are stopping on purpose (monitor must not flag them)
+}
+
+// New returns the service. Call Reconcile before serving requests.
+func New(d Deps) *Service {
+	return &Service{d: d, locks: map[string]*sync.Mutex{}, handles: map[string]*Handles{}, stopped: map[string]bool{}}
+}
+
+func (s *Service) lock(id string) func() {
+	s.mu.Lock()
+	l, ok := s.locks[id]
+	if !ok {
+		l = &sync.Mutex{}
+		s.locks[id] = l
+	}
+	s.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+func (s *Service) handle(id string) *Handles {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.handles[id]
+}
+
+func (s *Service) setHandle(id string, h *Handles) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if h == nil {
+		delete(s.handles, id)
+		return
+	}
+	s.handles[id] = h
+}
+
+// Progress receives named stages of long operations.
+type Progress func(stage, msg string)
+
+func (p Progress) stage(name string) {
+	if p != nil {
+		p(name, "")
+	}
+}
+
+// View renders a row plus current handles for the CLI.
+func (s *Service) View(v store.VM) api.VM {
+	out := api.VM{
+		ID: v.ID, Name: v.Name, State: v.State, Image: v.Image, Kernel: v.Kernel, VCPU: v.VCPU,
+		MemoryMiB: v.MemoryMiB, DiskBytes: v.DiskBytes, WorkDiskBytes: v.WorkDiskBytes, GuestIP: v.GuestIP,
+		MAC: v.MAC, Tap: v.Tap, CloneMethod: v.CloneMethod, LastError: v.LastError, Dir: v.Dir, CreatedAt: v.CreatedAt,
+	}
+	if h := s.handle(v.ID); h != nil {
+		out.PID = h.PID
+	}
+	return out
+}
+
+// List returns every VM.
+func (s *Service) List(ctx context.Context) ([]store.VM, error) { return s.d.Store.ListVMs(ctx) }
+
+// Get returns one VM by name or id.
+func (s *Service) Get(ctx context.Context, name string) (store.VM, error) {
+	v, err := s.d.Store.GetVM(ctx, name)
+	if err != nil {
+		return store.VM{}, fmt.Errorf("vm %q: %w", name, err)
+	}
+	return v, nil
+}
+
+func newID() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Create makes a VM (disks, identity, row) and, unless p.NoStart, boots it
+// and waits until it answers SSH. On failure nothing is left behind.
+func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Progress) (store.VM, error) {
+	if err := ValidName(p.Name); err != nil {
+		return store.VM{}, err
+	}
+	if p.Image == "" {
+		p.Image = DefaultImage
+	}
+	if p.VCPU == 0 {
+		p.VCPU = DefaultVCPU
+	}
+	if p.MemoryMiB == 0 {
+		p.MemoryMiB = DefaultMemoryMiB
+	}
+	if p.VCPU < 1 || p.VCPU > 32 {
+		return store.VM{}, fmt.Errorf("vcpu %d: must be 1-32: %w", p.VCPU, api.ErrInvalid)
+	}
+	if p.MemoryMiB < 128 || p.MemoryMiB > 64<<10 {
+		return store.VM{}, fmt.Errorf("memory %d MiB: must be 128-65536: %w", p.MemoryMiB, api.ErrInvalid)
+	}
+	var rootSize, workSize int64 = 0, DefaultWorkDisk
+	var err error
+	if p.Disk != "" {
+		if rootSize, err = disk.ParseSize(p.Disk); err != nil {
+			return store.VM{}, fmt.Errorf("--disk: %w", err)
+		}
+	}
+	if p.WorkDisk != "" {
+		if workSize, err = disk.ParseSize(p.WorkDisk); err != nil {
+			return store.VM{}, fmt.Errorf("--work-disk: %w", err)
+		}
+	}
+	if workSize < 16<<20 {
+		return store.VM{}, fmt.Errorf("work disk %d bytes: at least 16M: %w", workSize, api.ErrInvalid)
+	}
+	img, err := s.d.Store.GetImage(ctx, p.Image)
+	if err != nil {
+		return store.VM{}, fmt.Errorf("image %q: %w", p.Image, err)
+	}
+	kname := p.Kernel
+	if kname == "" {
+		kname = img.KernelRef
+	}
+	kern, err := s.pickKernel(ctx, kname)
+	if err != nil {
+		return store.VM{}, err
+	}
+	if rootSize != 0 && rootSize < img.SizeBytes {
+		return store.VM{}, fmt.Errorf("disk %d bytes is smaller than image %q (%d bytes): %w", rootSize, img.Name, img.SizeBytes, api.ErrInvalid)
+	}
+
+	id := newID()
+	v := store.VM{
+		ID: id, Name: p.Name, Image: img.Name, Kernel: kern.Name, VCPU: p.VCPU, MemoryMiB: p.MemoryMiB,
+		DiskBytes: max(rootSize, img.SizeBytes), WorkDiskBytes: workSize, State: StateCreating,
+		Dir: s.d.Layout.VM(id), Tap: hostnet.TapName(id),
+	}
+	// The IP is allocated and the row inserted under the service lock so two
+	// concurrent creates never get the same address.
+	s.mu.Lock()
+	ip, err := s.allocIP(ctx)
+	if err == nil {
+		v.GuestIP = ip.String()
+		v.MAC = hostnet.MACForIP(ip).String()
+		err = s.d.Store.CreateVM(ctx, &v)
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return store.VM{}, fmt.Errorf("vm %q: %w", p.Name, err)
+	}
+	unlock := s.lock(id)
+	defer unlock()
+
+	steps := []step{
+		{name: "vm_dir", do: func(ctx context.Context) error { return os.MkdirAll(v.Dir, 0o700) },
+			undo: func(ctx context.Context) error { return os.RemoveAll(v.Dir) }},
+		{name: "identity", do: func(ctx context.Context) error { return s.makeIdentity(v) },
+			undo: func(ctx context.Context) error { return s.d.KnownHosts.Remove(v.GuestIP) }},
+		{name: "root_disk", do: func(ctx context.Context) error {
+			m, err := disk.Clone(ctx, img.Path, s.rootPath(v))
+			if err != nil {
+				return err
+			}
+			v.CloneMethod = string(m)
+			if v.DiskBytes > img.SizeBytes {
+				return disk.Grow(ctx, s.d.Runner, s.rootPath(v), v.DiskBytes)
+			}
+			return nil
+		}},
+		{name: "work_disk", do: func(ctx context.Context) error {
+			return disk.CreateExt4(ctx, s.d.Runner, s.workPath(v), v.WorkDiskBytes, workLabel, "")
+		}},
+		{name: "record", do: func(ctx context.Context) error {
+			v.State = StateStopped
+			return s.d.Store.UpdateVM(ctx, &v)
+		}},
+	}
+	undoRow := func(err error) error {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+		defer cancel()
+		if derr := s.d.Store.DeleteVM(uctx, id); derr != nil {
+			return errors.Join(err, fmt.Errorf("undo record: %w", derr))
+		}
+		return err
+	}
+	if err := runSteps(ctx, s.d.Log, steps, progress.stage); err != nil {
+		return store.VM{}, undoRow(fmt.Errorf("create vm %q: %w", p.Name, err))
+	}
+	if p.NoStart {
+		return v, nil
+	}
+	timeout := DefaultBootTimeout
+	if p.BootTimeout > 0 {
+		timeout = time.Duration(p.BootTimeout) * time.Second
+	}
+	if err := s.start(ctx, &v, timeout, progress); err != nil {
+		return v, fmt.Errorf("create vm %q: %w", p.Name, err)
+	}
+	return v, nil
+}
+
+func (s *Service) pickKernel(ctx context.Context, name string) (store.Kernel, error) {
+	if name != "" {
+		k, err := s.d.Store.GetKernel(ctx, name)
+		if err != nil {
+			return store.Kernel{}, fmt.Errorf("kernel %q: %w", name, err)
+		}
+		return k, nil
+	}
+	ks, err := s.d.Store.ListKernels(ctx)
+	if err != nil {
+		return store.Kernel{}, err
+	}
+	if len(ks) == 0 {
+		return store.Kernel{}, fmt.Errorf("no kernel imported (run `banger kernel import --debian`): %w", api.ErrNotFound)
+	}
+	return ks[len(ks)-1], nil
+}
+
+func (s *Service) allocIP(ctx context.Context) (netip.Addr, error) {
+	used, err := s.d.Store.UsedIPs(ctx)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	var addrs []netip.Addr
+	for _, u := range used {
+		if a, err := netip.ParseAddr(u); err == nil {
+			addrs = append(addrs, a)
+		}
+	}
+	return hostnet.AllocIP(s.d.Subnet, addrs)
+}
+
+func (s *Service) rootPath(v store.VM) string    { return filepath.Join(v.Dir, paths.VMRootFile) }
+func (s *Service) workPath(v store.VM) string    { return filepath.Join(v.Dir, paths.VMWorkFile) }
+func (s *Service) seedPath(v store.VM) string    { return filepath.Join(v.Dir, paths.VMSeedFile) }
+func (s *Service) hostKeyPath(v store.VM) string { return filepath.Join(v.Dir, paths.VMHostKeyFile) }
+func (s *Service) consolePath(v store.VM) string { return filepath.Join(v.Dir, paths.VMConsoleLog) }
+
+// makeIdentity generates the VM's own SSH host key and pins it before the
+// first dial, so there is no trust-on-first-use window.
+func (s *Service) makeIdentity(v store.VM) error {
+	priv, pub, err := guest.NewHostKey()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(s.hostKeyPath(v), priv, 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(s.hostKeyPath(v)+".pub", ssh.MarshalAuthorizedKey(pub), 0o644); err != nil {
+		return err
+	}
+	return s.d.KnownHosts.Pin(v.GuestIP, pub)
+}
+
+// writeSeed builds the per-VM seed disk the guest's /init unpacks onto the root.
+func (s *Service) writeSeed(v store.VM) error {
+	priv, err := os.ReadFile(s.hostKeyPath(v))
+	if err != nil {
+		return fmt.Errorf("read host key: %w", err)
+	}
+	pub, err := os.ReadFile(s.hostKeyPath(v) + ".pub")
+	if err != nil {
+		return fmt.Errorf("read host key: %w", err)
+	}
+	mid := sha256.Sum256([]byte("banger-machine-id:" + v.ID))
+	files := []disk.SeedFile{
+		{Path: "etc/hostname", Mode: 0o644, Data: []byte(v.Name + "\n")},
+		{Path: "etc/hosts", Mode: 0o644, Data: []byte(fmt.Sprintf("127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n", v.Name))},
+		{Path: "etc/machine-id", Mode: 0o444, Data: []byte(hex.EncodeToString(mid[:16]) + "\n")},
+		{Path: "etc/ssh/ssh_host_ed25519_key", Mode: 0o600, Data: priv},
+		{Path: "etc/ssh/ssh_host_ed25519_key.pub", Mode: 0o644, Data: pub},
+		{Path: "etc/ssh/authorized_keys.d/root", Mode: 0o644, Data: guest.AuthorizedKey(s.d.ClientKey)},
+	}
+	return disk.WriteSeed(s.seedPath(v), files)
+}
+
+func (s *Service) spec(v store.VM) (vmm.Spec, error) {
+	k, err := s.d.Store.GetKernel(context.Background(), v.Kernel)
+	if err != nil {
+		return vmm.Spec{}, fmt.Errorf("kernel %q: %w", v.Kernel, err)
+	}
+	ip, err := netip.ParseAddr(v.GuestIP)
+	if err != nil {
+		return vmm.Spec{}, fmt.Errorf("guest ip %q: %w", v.GuestIP, err)
+	}
+	mask := netipMask(s.d.Subnet)
+	cmdline := fmt.Sprintf("console=ttyS0 rw net.ifnames=0 panic=-1 cryptomgr.notests quiet ip=%s::%s:%s:%s:eth0:off",
+		ip, s.d.Gateway, mask, v.Name)
+	return vmm.Spec{
+		ID: v.ID, Dir: v.Dir, VCPU: v.VCPU, MemoryMiB: v.MemoryMiB,
+		Kernel: k.Path, Initrd: k.Initrd, Cmdline: cmdline,
+		Disks: []vmm.Disk{{Path: s.rootPath(v)}, {Path: s.workPath(v)}, {Path: s.seedPath(v), ReadOnly: true}},
+		Tap:   v.Tap, MAC: v.MAC, UID: s.d.UID, GID: s.d.GID,
+	}, nil
+}
+
+func netipMask(p netip.Prefix) string {
+	bits := p.Bits()
+	var m [4]byte
+	for i := 0; i < bits; i++ {
+		m[i/8] |= 0x80 >> (i % 8)
+	}
+	return netip.AddrFrom4(m).String()
+}
+
+func (s *Service) target(v store.VM) guest.Target {
+	return guest.Target{VMID: v.ID, Addr: netip.AddrPortFrom(netip.MustParseAddr(v.GuestIP), 22).String(), User: guestUser}
+}

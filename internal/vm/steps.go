@@ -1,0 +1,57 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// step is one named stage of a pipeline. A step that acquires a resource owns
+// its undo; undo runs even when do itself failed half way, so it must tolerate
+// a partially acquired resource.
+type step struct {
+	name string
+	do   func(ctx context.Context) error
+	undo func(ctx context.Context) error
+}
+
+// undoTimeout bounds the rollback, which runs on an uncancelled context so a
+// client hanging up mid-create cannot leak what was already acquired.
+const undoTimeout = 60 * time.Second
+
+// runSteps runs steps in order, reporting each name. On failure the undos of
+// the failing step and of every step that ran before it run in reverse order;
+// their errors are joined to the root cause, never in place of it.
+func runSteps(ctx context.Context, log *slog.Logger, steps []step, progress func(stage string)) error {
+	for i, st := range steps {
+		if progress != nil {
+			progress(st.name)
+		}
+		start := time.Now()
+		err := ctx.Err()
+		if err == nil {
+			err = st.do(ctx)
+		}
+		if err == nil {
+			log.DebugContext(ctx, "step done", "step", st.name, "ms", time.Since(start).Milliseconds())
+			continue
+		}
+		log.WarnContext(ctx, "step failed, rolling back", "step", st.name, "err", err)
+		errs := []error{fmt.Errorf("%s: %w", st.name, err)}
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+		for j := i; j >= 0; j-- {
+			if steps[j].undo == nil {
+				continue
+			}
+			if uerr := steps[j].undo(uctx); uerr != nil {
+				log.ErrorContext(ctx, "undo failed", "step", steps[j].name, "err", uerr)
+				errs = append(errs, fmt.Errorf("undo %s: %w", steps[j].name, uerr))
+			}
+		}
+		cancel()
+		return errors.Join(errs...)
+	}
+	return nil
+}

@@ -1,0 +1,195 @@
+package qemu
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/vmm"
+)
+
+// Limits on what a Spec may ask for; beyond them QEMU or the guest kernel
+// would fail with a less helpful message.
+const (
+	maxVCPU       = 64
+	minMemoryMiB  = 32
+	maxMemoryMiB  = 1 << 20
+	maxDisks      = 16
+	maxCmdline    = 2047 // x86 COMMAND_LINE_SIZE is 2048 including the NUL
+	maxSocketPath = 107  // sun_path is 108 bytes including the NUL
+)
+
+var (
+	idRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	tapRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$`)
+)
+
+// files are the per-VM paths the driver owns inside Spec.Dir.
+type files struct{ qmp, pid, console string }
+
+func vmFiles(dir string) files {
+	return files{
+		qmp:     filepath.Join(dir, paths.VMAPISocket),
+		pid:     filepath.Join(dir, paths.VMPIDFile),
+		console: filepath.Join(dir, paths.VMConsoleLog),
+	}
+}
+
+func invalid(format string, a ...any) error {
+	return fmt.Errorf("qemu spec: "+format+": %w", append(a, api.ErrInvalid)...)
+}
+
+// validate rejects a Spec QEMU would misparse or that could smuggle options
+// into a comma-separated option string.
+func validate(s vmm.Spec) error {
+	if !idRE.MatchString(s.ID) {
+		return invalid("bad vm id %q", s.ID)
+	}
+	if err := checkPath("dir", s.Dir, true); err != nil {
+		return err
+	}
+	if n := len(vmFiles(s.Dir).qmp); n > maxSocketPath {
+		return invalid("vm dir %q too long for a unix socket path (%d > %d)", s.Dir, n, maxSocketPath)
+	}
+	if s.VCPU < 1 || s.VCPU > maxVCPU {
+		return invalid("vcpu %d out of range 1..%d", s.VCPU, maxVCPU)
+	}
+	if s.MemoryMiB < minMemoryMiB || s.MemoryMiB > maxMemoryMiB {
+		return invalid("memory %d MiB out of range %d..%d", s.MemoryMiB, minMemoryMiB, maxMemoryMiB)
+	}
+	if err := checkPath("kernel", s.Kernel, true); err != nil {
+		return err
+	}
+	if err := checkPath("initrd", s.Initrd, false); err != nil {
+		return err
+	}
+	if strings.ContainsRune(s.Cmdline, 0) || strings.ContainsAny(s.Cmdline, "\n\r") {
+		return invalid("kernel command line contains control characters")
+	}
+	if len(s.Disks) > maxDisks {
+		return invalid("%d disks, at most %d", len(s.Disks), maxDisks)
+	}
+	for i, d := range s.Disks {
+		if err := checkPath(fmt.Sprintf("disk %d", i), d.Path, true); err != nil {
+			return err
+		}
+		switch d.Format {
+		case "", "raw", "qcow2":
+		default:
+			return invalid("disk %d: format %q (want raw or qcow2)", i, d.Format)
+		}
+	}
+	if (s.Tap == "") != (s.MAC == "") {
+		return invalid("tap and mac must be given together")
+	}
+	if s.Tap != "" {
+		if !tapRE.MatchString(s.Tap) {
+			return invalid("bad tap name %q", s.Tap)
+		}
+		mac, err := net.ParseMAC(s.MAC)
+		if err != nil || len(mac) != 6 {
+			return invalid("bad mac %q", s.MAC)
+		}
+		if mac[0]&1 != 0 {
+			return invalid("mac %q is multicast", s.MAC)
+		}
+	}
+	if s.UID < 0 || s.GID < 0 {
+		return invalid("negative uid/gid")
+	}
+	return nil
+}
+
+func checkPath(what, p string, required bool) error {
+	if p == "" {
+		if required {
+			return invalid("%s path is empty", what)
+		}
+		return nil
+	}
+	if strings.ContainsRune(p, 0) || strings.ContainsAny(p, "\n\r") {
+		return invalid("%s path contains control characters", what)
+	}
+	if !filepath.IsAbs(p) {
+		return invalid("%s path %q is not absolute", what, p)
+	}
+	return nil
+}
+
+// optEsc escapes a value inside a QEMU comma-separated option string: a
+// literal comma is written twice.
+func optEsc(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// cmdline returns the kernel command line with the accelerator's additions.
+func cmdline(base string, accel Accel, tscKHz int) string {
+	c := strings.TrimSpace(base)
+	if accel == AccelTCG && tscKHz > 0 && !strings.Contains(c, "tsc_early_khz=") {
+		// Under TCG the guest's PIT calibration can hang; hand it the host TSC rate.
+		c = strings.TrimSpace(c + " tsc_early_khz=" + strconv.Itoa(tscKHz))
+	}
+	return c
+}
+
+// buildArgs is the QEMU command line for s (without the binary). It assumes
+// validate(s) passed.
+func buildArgs(s vmm.Spec, accel Accel, tscKHz int) ([]string, error) {
+	f := vmFiles(s.Dir)
+	a := []string{"-name", "guest=banger-" + s.ID}
+	switch accel {
+	case AccelKVM:
+		a = append(a, "-M", "microvm", "-accel", "kvm", "-cpu", "host")
+	case AccelTCG:
+		a = append(a, "-M", "microvm,pit=on,pic=on,rtc=on", "-accel", "tcg", "-cpu", "max")
+	default:
+		return nil, invalid("unknown accelerator %q", accel)
+	}
+	a = append(a,
+		"-m", strconv.Itoa(s.MemoryMiB),
+		"-smp", strconv.Itoa(s.VCPU),
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-monitor", "none",
+		// Append, not truncate: the driver truncates once per boot and QEMU's
+		// own stderr goes to the same file.
+		"-chardev", "file,id=console,path="+optEsc(f.console)+",append=on",
+		"-serial", "chardev:console",
+		"-chardev", "socket,id=qmp,path="+optEsc(f.qmp)+",server=on,wait=off",
+		"-mon", "chardev=qmp,mode=control",
+		"-pidfile", f.pid,
+		"-kernel", s.Kernel,
+	)
+	if s.Initrd != "" {
+		a = append(a, "-initrd", s.Initrd)
+	}
+	cl := cmdline(s.Cmdline, accel, tscKHz)
+	if len(cl) > maxCmdline {
+		return nil, invalid("kernel command line is %d bytes, at most %d", len(cl), maxCmdline)
+	}
+	a = append(a, "-append", cl)
+	for i, d := range s.Disks {
+		format := d.Format
+		if format == "" {
+			format = "raw"
+		}
+		// writeback: a guest flush becomes an fsync on the host file, so a
+		// synced write survives a VMM kill; discard keeps sparse files sparse.
+		drive := fmt.Sprintf("id=d%d,file=%s,format=%s,if=none,cache=writeback", i, optEsc(d.Path), format)
+		if d.ReadOnly {
+			drive += ",readonly=on"
+		} else {
+			drive += ",discard=unmap"
+		}
+		a = append(a, "-drive", drive, "-device", fmt.Sprintf("virtio-blk-device,drive=d%d", i))
+	}
+	if s.Tap != "" {
+		a = append(a,
+			"-netdev", "tap,id=n0,ifname="+s.Tap+",script=no,downscript=no",
+			"-device", "virtio-net-device,netdev=n0,mac="+strings.ToLower(s.MAC),
+		)
+	}
+	return a, nil
+}

@@ -1,0 +1,98 @@
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"time"
+)
+
+// qmpStatus connects to the QMP socket, negotiates capabilities and returns
+// the run state from query-status ("running", "paused", "shutdown", ...).
+func qmpStatus(ctx context.Context, sock string) (string, error) {
+	var dialer net.Dialer
+	dctx, cancel := context.WithTimeout(ctx, qmpTimeout)
+	defer cancel()
+	conn, err := dialer.DialContext(dctx, "unix", sock)
+	if err != nil {
+		return "", fmt.Errorf("qmp dial: %w", err)
+	}
+	defer conn.Close()
+	deadline := time.Now().Add(qmpTimeout)
+	if dl, ok := dctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	_ = conn.SetDeadline(deadline)
+	r := bufio.NewReader(conn)
+
+	var greeting struct {
+		QMP json.RawMessage `json:"QMP"`
+	}
+	if err := readMsg(r, &greeting); err != nil || greeting.QMP == nil {
+		return "", fmt.Errorf("qmp greeting: %v", err)
+	}
+	if _, err := qmpCall(conn, r, "qmp_capabilities"); err != nil {
+		return "", err
+	}
+	ret, err := qmpCall(conn, r, "query-status")
+	if err != nil {
+		return "", err
+	}
+	var st struct {
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal(ret, &st); err != nil {
+		return "", fmt.Errorf("qmp query-status: %w", err)
+	}
+	return st.Status, nil
+}
+
+func qmpCall(conn net.Conn, r *bufio.Reader, cmd string) (json.RawMessage, error) {
+	b, _ := json.Marshal(map[string]string{"execute": cmd})
+	if _, err := conn.Write(append(b, '\n')); err != nil {
+		return nil, fmt.Errorf("qmp %s: %w", cmd, err)
+	}
+	for {
+		var resp struct {
+			Return json.RawMessage `json:"return"`
+			Error  *struct {
+				Class string `json:"class"`
+				Desc  string `json:"desc"`
+			} `json:"error"`
+			Event string `json:"event"`
+		}
+		if err := readMsg(r, &resp); err != nil {
+			return nil, fmt.Errorf("qmp %s: %w", cmd, err)
+		}
+		switch {
+		case resp.Error != nil:
+			return nil, fmt.Errorf("qmp %s: %s: %s", cmd, resp.Error.Class, resp.Error.Desc)
+		case resp.Return != nil:
+			return resp.Return, nil
+		}
+		// Asynchronous events interleave with replies; skip them.
+	}
+}
+
+// readMsg reads one JSON line, bounded so a misbehaving peer cannot make us
+// buffer without limit.
+func readMsg(r *bufio.Reader, v any) error {
+	const max = 1 << 20
+	var line []byte
+	for {
+		chunk, isPrefix, err := r.ReadLine()
+		if err != nil {
+			return err
+		}
+		line = append(line, chunk...)
+		if len(line) > max {
+			return fmt.Errorf("qmp message over %d bytes", max)
+		}
+		if !isPrefix {
+			break
+		}
+	}
+	return json.Unmarshal(line, v)
+}

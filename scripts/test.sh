@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test tier: vet, unit tests with the race detector, and the e2e
+# suite that boots real guests under QEMU inside a test-made network namespace.
+# Large assets (kernel .deb, debootstrapped rootfs) are cached outside the
+# clone in $BANGER_E2E_CACHE (default /var/cache/banger-e2e), keyed by inputs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+scripts/install-deps.sh
+echo "== go vet"
+go vet ./...
+go vet -tags e2e ./test/e2e/...
+echo "== go test -race ./..."
+go test -race -count=1 ./...
+echo "== e2e (real guests)"
+go test -tags e2e -count=1 -timeout 50m -v ./test/e2e/... 2>&1 | tee /tmp/banger-e2e.log
+exit "${PIPESTATUS[0]}"
