@@ -83,7 +83,10 @@ func setup() (*env, error) {
 	e.stateDir = filepath.Join(tmp, "state")
 	root := repoRoot()
 	t0 := time.Now()
-	for _, b := range []struct{ out, pkg string; static bool }{
+	for _, b := range []struct {
+		out, pkg string
+		static   bool
+	}{
 		{"banger", "./cmd/banger", false}, {"bangerd", "./cmd/bangerd", false}, {"banger-agent", "./cmd/banger-agent", true},
 	} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(e.bin, b.out), b.pkg)
