@@ -11,10 +11,21 @@ export PATH="$PATH:/usr/local/go/bin"
 scripts/install-deps.sh
 scripts/build.sh
 export BANGER_STATE_DIR="${BANGER_STATE_DIR:-/var/lib/banger-quickstart}"
+bin=$PWD/bin
+# Downloads (apt-get, mmdebstrap) need the host's network, so kernel import and
+# image build run with a daemon in the host namespace; that daemon creates no
+# bridge or TAP (those appear only when a VM starts). It is then stopped, and
+# the VM runs under a daemon auto-started inside the namespace.
+stop_daemon() {
+  "$bin/banger" daemon stop >/dev/null
+  while "$bin/banger" daemon status >/dev/null 2>&1; do sleep 0.2; done
+}
+stop_daemon # a daemon left in the namespace by an earlier run cannot download
+"$bin/banger" kernel list --json | grep -q '"name"' || "$bin/banger" kernel import --debian
+"$bin/banger" image list --json | grep -q '"default"' || "$bin/banger" image build default
+stop_daemon
 ns=banger-qs
 ip netns list | grep -qw "$ns" || { ip netns add "$ns"; ip -n "$ns" link set lo up; }
-b() { ip netns exec "$ns" ./bin/banger "$@"; }
-b kernel list --json | grep -q '"name"' || b kernel import --debian
-b image list --json | grep -q '"default"' || b image build default
+b() { ip netns exec "$ns" "$bin/banger" "$@"; }
 b doctor || true
 b vm run --rm -- uname -a

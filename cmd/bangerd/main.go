@@ -29,6 +29,7 @@ import (
 	"github.com/banger-dev/banger/internal/system"
 	"github.com/banger-dev/banger/internal/vm"
 	"github.com/banger-dev/banger/internal/vmm/qemu"
+	"github.com/banger-dev/banger/internal/workspace"
 )
 
 func main() {
@@ -103,6 +104,7 @@ func run() error {
 		return fmt.Errorf("--accel %q: want kvm or tcg", *accel)
 	}
 	netm := &hostnet.Manager{Log: log, Cfg: hostnet.Config{Bridge: *bridge, Subnet: prefix}}
+	fw := &hostnet.Firewall{Log: log, Cfg: netm.Cfg}
 	signer, err := guest.EnsureClientKey(layout.ClientKey())
 	if err != nil {
 		return err
@@ -113,9 +115,15 @@ func run() error {
 	}
 	pool := guest.NewPool(log, signer, kh)
 	defer pool.Close()
+	var wss *workspace.Service // file sync runs after every boot; built below, it needs vms
 	vms := vm.New(vm.Deps{Log: log, Layout: layout, Store: st, Runner: runner, Driver: drv, Net: netm,
 		Subnet: netm.Cfg.Subnet, Gateway: netm.Cfg.Gateway(),
-		SSH: pool, KnownHosts: kh, ClientKey: signer.PublicKey(), UID: os.Getuid(), GID: os.Getgid()})
+		SSH: pool, KnownHosts: kh, ClientKey: signer.PublicKey(), UID: os.Getuid(), GID: os.Getgid(),
+		Firewall:   fw,
+		AfterStart: func(ctx context.Context, v store.VM) { wss.AfterStart(ctx, v) }})
+	home, _ := os.UserHomeDir()
+	wss = workspace.New(workspace.Deps{Log: log, Store: st, VMs: vms, Runner: runner, Tmp: layout.Tmp(),
+		Home: home, SyncConfig: layout.SyncConfig()})
 	agent, err := system.Executable("banger-agent")
 	if err != nil {
 		log.Warn("banger-agent not found next to bangerd or on PATH; kernel import and image build will fail", "err", err)
@@ -125,7 +133,7 @@ func run() error {
 
 	srv := rpc.NewServer(log, os.Getuid())
 	daemon.Register(srv, daemon.Deps{
-		Log: log, Layout: layout, Store: st, VMs: vms,
+		Log: log, Layout: layout, Store: st, VMs: vms, Workspaces: wss,
 		Kernels:  &kernel.Importer{Runner: runner, Layout: layout, Log: log, AgentPath: agent},
 		Images:   &image.Builder{Runner: runner, Layout: layout, Log: log, AgentPath: agent},
 		Doctor:   doc.Run,
@@ -140,6 +148,8 @@ func run() error {
 	if err := vms.Reconcile(ctx); err != nil {
 		log.Error("reconcile", "err", err)
 	}
+	stopNet := startNetServices(ctx, log, runner, netm, vms)
+	defer stopNet()
 	log.Info("bangerd listening", "socket", layout.Socket(), "pid", os.Getpid(), "state_dir", layout.Root)
 	err = srv.Serve(ctx, ln)
 	_ = os.Remove(layout.Socket())

@@ -41,6 +41,7 @@ type VM struct {
 	MAC           string    `json:"mac"`
 	Tap           string    `json:"tap"`
 	PID           int       `json:"pid,omitempty"`
+	NAT           bool      `json:"nat"`
 	CloneMethod   string    `json:"clone_method"`
 	LastError     string    `json:"last_error,omitempty"`
 	Dir           string    `json:"dir"`
@@ -61,6 +62,7 @@ type CreateVMParams struct {
 	Disk        string `json:"disk,omitempty"`
 	WorkDisk    string `json:"work_disk,omitempty"`
 	NoStart     bool   `json:"no_start,omitempty"`
+	NAT         bool   `json:"nat,omitempty"` // masquerade the guest's traffic beyond the bridge
 	BootTimeout int    `json:"boot_timeout_s,omitempty"`
 }
 
@@ -135,6 +137,10 @@ type Image struct {
 	KernelRef string    `json:"kernel_ref,omitempty"`
 	SizeBytes int64     `json:"size_bytes"`
 	CreatedAt time.Time `json:"created_at"`
+	// Set for images pulled from an OCI registry.
+	Digest string `json:"digest,omitempty"`
+	// FirstBoot: the image lacks systemd or sshd; its VMs install them at first boot.
+	FirstBoot bool `json:"first_boot,omitempty"`
 }
 
 type DaemonStatus struct {

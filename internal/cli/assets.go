@@ -136,7 +136,7 @@ func (a *app) imageCmd() *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	c.AddCommand(build, list, a.rmCmd("image", api.MethodImageRm))
+	c.AddCommand(build, a.imagePullCmd(), list, a.rmCmd("image", api.MethodImageRm))
 	return c
 }
 

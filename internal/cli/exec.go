@@ -162,16 +162,26 @@ func (a *app) vmSSHCmd() *cobra.Command {
 
 func (a *app) vmExecCmd() *cobra.Command {
 	var o execOpts
+	var autoPrepare bool
 	c := &cobra.Command{
 		Use:   "exec NAME -- COMMAND...",
-		Short: "Run a command in a running VM (exit code propagated)",
+		Short: "Run a command in a running VM, in its prepared workspace if any (exit code propagated)",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			code, err := a.execStream(cmd.Context(), commandParams(args[0], args[1:]), o)
+			p := commandParams(args[0], args[1:])
+			if o.dir == "" {
+				dir, err := a.workspaceDir(cmd.Context(), args[0], autoPrepare)
+				if err != nil {
+					return codeErr(0, err)
+				}
+				p.Dir = dir
+			}
+			code, err := a.execStream(cmd.Context(), p, o)
 			return codeErr(code, err)
 		},
 	}
 	o.flags(c)
+	c.Flags().BoolVar(&autoPrepare, "auto-prepare", false, "resync the workspace first when the host repo changed since the last sync")
 	return c
 }
 
@@ -200,9 +210,10 @@ func randomName() string {
 func (a *app) vmRunCmd() *cobra.Command {
 	var p api.CreateVMParams
 	var rm bool
+	var wsRepo string
 	var o execOpts
 	c := &cobra.Command{
-		Use:   "run [--name N] [--rm] -- COMMAND...",
+		Use:   "run [--name N] [--rm] [--workspace PATH] -- COMMAND...",
 		Short: "Create and boot a VM, run a command in it, and exit with its exit code",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -216,7 +227,22 @@ func (a *app) vmRunCmd() *cobra.Command {
 				}
 				return err
 			}
-			code, err := a.execStream(ctx, commandParams(p.Name, args), o)
+			ep := commandParams(p.Name, args)
+			if wsRepo != "" {
+				repo, err := absRepo(wsRepo)
+				if err == nil {
+					var r api.WorkspacePrepareResult
+					r, err = a.prepare(ctx, api.WorkspacePrepareParams{Name: p.Name, Repo: repo}, true)
+					ep.Dir = r.Workspace.GuestPath
+				}
+				if err != nil {
+					if rm {
+						a.cleanupRun(p.Name)
+					}
+					return codeErr(0, fmt.Errorf("--workspace: %w", err))
+				}
+			}
+			code, err := a.execStream(ctx, ep, o)
 			if rm {
 				a.cleanupRun(p.Name)
 			}
@@ -225,6 +251,7 @@ func (a *app) vmRunCmd() *cobra.Command {
 	}
 	c.Flags().StringVar(&p.Name, "name", "", "VM name (default run-XXXXXX)")
 	c.Flags().BoolVar(&rm, "rm", false, "delete the VM when the command finishes")
+	c.Flags().StringVar(&wsRepo, "workspace", "", "prepare this host git repository in the VM and run the command there")
 	addCreateFlags(c, &p)
 	o.flags(c)
 	return c

@@ -99,6 +99,7 @@ func (a *app) rootCmd() *cobra.Command {
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "print JSON")
 	root.PersistentFlags().BoolVar(&a.noStart, "no-autostart", false, "do not start bangerd when it is not running")
 	root.AddCommand(a.vmCmd(), a.kernelCmd(), a.imageCmd(), a.daemonCmd(), a.doctorCmd())
+	root.AddCommand(a.sshConfigCmd())
 	return root
 }
 

@@ -20,6 +20,8 @@ func (a *app) vmCmd() *cobra.Command {
 		a.vmSimpleCmd("restart", "Stop then start a VM", api.MethodVMRestart, true),
 		a.vmSimpleCmd("kill", "Kill a VM's VMM at once, without syncing", api.MethodVMKill, false),
 		a.vmDeleteCmd())
+	c.AddCommand(a.vmSetCmd(), a.vmPortsCmd())
+	c.AddCommand(a.vmWorkspaceCmd(), a.vmSyncCmd())
 	return c
 }
 
@@ -31,6 +33,7 @@ func addCreateFlags(c *cobra.Command, p *api.CreateVMParams) {
 	c.Flags().StringVar(&p.Disk, "disk", "", "root disk size, e.g. 4G (default: the image's size)")
 	c.Flags().StringVar(&p.WorkDisk, "work-disk", "", "work disk size mounted at /root (default 8G)")
 	c.Flags().IntVar(&p.BootTimeout, "boot-timeout", 0, "seconds to wait for SSH (default 120)")
+	c.Flags().BoolVar(&p.NAT, "nat", false, "let the guest reach beyond the host through NAT")
 }
 
 // createVM calls vm.create showing the stages as they happen.
@@ -110,6 +113,7 @@ func (a *app) renderVM(v api.VM) error {
 		{"disk", fmt.Sprintf("%s (%s)", human(v.DiskBytes), v.CloneMethod)}, {"work disk", human(v.WorkDiskBytes)},
 		{"dir", v.Dir}, {"created", v.CreatedAt.Format(time.RFC3339)},
 	}
+	rows = append(rows, [2]string{"nat", fmt.Sprint(v.NAT)})
 	if v.PID != 0 {
 		rows = append(rows, [2]string{"pid", fmt.Sprint(v.PID)})
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/banger-dev/banger/internal/rpc"
 	"github.com/banger-dev/banger/internal/store"
 	"github.com/banger-dev/banger/internal/vm"
+	"github.com/banger-dev/banger/internal/workspace"
 )
 
 // Version is stamped by the build.
@@ -35,6 +36,8 @@ type Deps struct {
 	Doctor   func(ctx context.Context) api.DoctorResult
 	Accel    func() string
 	Shutdown func() // asks the daemon to exit
+	// Workspaces serves workspace.* and vm.sync (see workspace.go); optional.
+	Workspaces *workspace.Service
 }
 
 // Daemon is the RPC front.
@@ -63,9 +66,12 @@ func Register(srv *rpc.Server, d Deps) *Daemon {
 	srv.Handle(api.MethodImageBuild, dm.imageBuild)
 	srv.Handle(api.MethodImageList, dm.imageList)
 	srv.Handle(api.MethodImageRm, dm.imageRm)
+	srv.Handle(api.MethodImagePull, dm.imagePull)
 	srv.Handle(api.MethodDaemonStatus, dm.status)
 	srv.Handle(api.MethodDaemonStop, dm.stop)
 	srv.Handle(api.MethodDoctor, dm.doctor)
+	dm.registerWorkspace(srv)
+	dm.registerNet(srv)
 	return dm
 }
 
@@ -425,7 +431,7 @@ func (dm *Daemon) imageList(ctx context.Context, c *rpc.Call) (any, error) {
 	}
 	out := make([]api.Image, 0, len(is))
 	for _, i := range is {
-		out = append(out, imageView(i))
+		out = append(out, dm.withImageMeta(imageView(i)))
 	}
 	return out, nil
 }

@@ -77,6 +77,13 @@ type Info struct {
 	SHA256    string    `json:"sha256,omitempty"` // of rootfs.ext4, when known (not computed by the builders)
 	Packages  []string  `json:"packages,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
+	// Ref and Digest are set for images pulled from an OCI registry: the
+	// reference as given and the manifest digest of the linux/amd64 image.
+	Ref    string `json:"ref,omitempty"`
+	Digest string `json:"digest,omitempty"`
+	// FirstBoot is true when the tree lacks systemd or sshd: VMs of this
+	// image boot with banger-agent's first-boot init, which installs them.
+	FirstBoot bool `json:"first_boot,omitempty"`
 }
 
 // Builder builds images into Layout.
@@ -168,6 +175,21 @@ func (b *Builder) BuildFromDir(ctx context.Context, name, dir string, progress f
 // build runs populate into a fresh staging tree under Layout.Tmp(), then the
 // common tail: customize, mkfs, checksum, image.json, rename into place.
 func (b *Builder) build(ctx context.Context, name, source string, progress func(string), populate func(ctx context.Context, rootfs string) error) (info Info, err error) {
+	return b.buildTree(ctx, treeSpec{name: name, source: source, populate: populate}, progress)
+}
+
+// treeSpec is one build: populate fills rootfs (creating it); annotate, when
+// set, may record facts about the populated tree before Customize; size, when
+// non-zero, replaces the computed image size.
+type treeSpec struct {
+	name, source string
+	size         int64
+	populate     func(ctx context.Context, rootfs string) error
+	annotate     func(rootfs string, info *Info) error
+}
+
+func (b *Builder) buildTree(ctx context.Context, spec treeSpec, progress func(string)) (info Info, err error) {
+	name, source, populate := spec.name, spec.source, spec.populate
 	if err := ValidateName(name); err != nil {
 		return Info{}, err
 	}
@@ -202,6 +224,11 @@ func (b *Builder) build(ctx context.Context, name, source string, progress func(
 	if err := ctx.Err(); err != nil {
 		return wrap(err)
 	}
+	if spec.annotate != nil {
+		if err := spec.annotate(rootfs, &info); err != nil {
+			return wrap(err)
+		}
+	}
 	report(progress, StageCustomize)
 	if b.AgentPath == "" {
 		b.log().Warn("image built without banger-agent", "image", name)
@@ -220,6 +247,12 @@ func (b *Builder) build(ctx context.Context, name, source string, progress func(
 		return wrap(err)
 	}
 	size := imageSize(used)
+	if spec.size > 0 {
+		if need := max(used+used/10+16<<20, disk.MinExt4Size); spec.size < need {
+			return wrap(fmt.Errorf("size %d is too small for %d bytes of content (need at least %d): %w", spec.size, used, need, api.ErrInvalid))
+		}
+		size = (spec.size + 1023) &^ 1023
+	}
 	out := filepath.Join(staging, "image")
 	if err := os.Mkdir(out, 0o755); err != nil {
 		return wrap(err)
@@ -233,7 +266,8 @@ func (b *Builder) build(ctx context.Context, name, source string, progress func(
 
 	// No SHA256 here: hashing a sparse 1+ GiB file costs seconds for little
 	// use on the machine that built it.
-	info = Info{Name: name, Source: source, Size: size, Packages: pkgs, CreatedAt: time.Now().UTC().Truncate(time.Second)}
+	info.Name, info.Source, info.Size, info.Packages = name, source, size, pkgs
+	info.CreatedAt = time.Now().UTC().Truncate(time.Second)
 	meta, err := json.MarshalIndent(info, "", "  ")
 	if err != nil {
 		return wrap(err)

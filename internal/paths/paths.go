@@ -7,10 +7,13 @@
 //	<state>/bangerd.pid               daemon pid
 //	<state>/ssh/id_ed25519            banger's client key
 //	<state>/ssh/known_hosts           pinned guest host keys (0600, dir 0700)
+//	<state>/ssh/config                OpenSSH `Host *.vm` block (banger ssh-config)
 //	<state>/kernels/<name>/           vmlinuz, initramfs.img, modules/, kernel.json
 //	<state>/images/<name>/            rootfs.ext4, image.json
 //	<state>/vms/<id>/                 root.ext4, work.ext4, seed.img, qmp.sock,
 //	                                  console.log, vmm.pid, handles.json
+//	<state>/vms/<id>/workspace.json   per-file manifest of the last workspace sync
+//	<state>/sync.json                 host files copied into every VM (see internal/workspace)
 //	<state>/cache/                    downloads keyed by content
 package paths
 
@@ -43,6 +46,9 @@ const (
 	VMPIDFile     = "vmm.pid"
 	VMHandlesFile = "handles.json"
 	VMHostKeyFile = "ssh_host_ed25519_key"
+
+	VMWorkspaceManifest = "workspace.json"
+	SyncConfigFile      = "sync.json"
 )
 
 // EnvStateDir overrides the default state root (flag --state-dir wins).
@@ -86,6 +92,7 @@ func (l Layout) VMsDir() string            { return filepath.Join(l.Root, "vms")
 func (l Layout) VM(id string) string       { return filepath.Join(l.Root, "vms", id) }
 func (l Layout) Cache() string             { return filepath.Join(l.Root, "cache") }
 func (l Layout) Tmp() string               { return filepath.Join(l.Root, "tmp") }
+func (l Layout) SyncConfig() string        { return filepath.Join(l.Root, SyncConfigFile) }
 
 // Ensure creates the root and its private subdirectories.
 func (l Layout) Ensure() error {

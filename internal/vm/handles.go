@@ -108,6 +108,9 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		}
 		s.d.Log.InfoContext(ctx, "reconciled vm", "vm", v.Name, "state", state)
 	}
+	if err := s.reconcileNet(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("reconcile network: %w", err))
+	}
 	return errors.Join(errs...)
 }
 

@@ -61,6 +61,8 @@ func (s *Service) start(ctx context.Context, v *store.VM, bootTimeout time.Durat
 			}
 			return nil
 		}, undo: func(ctx context.Context) error { return s.d.Net.DeleteTap(ctx, v.Tap) }},
+		{name: "nat", do: func(ctx context.Context) error { return s.applyFirewall(ctx, *v) },
+			undo: func(ctx context.Context) error { return s.removeFirewall(ctx, *v) }},
 		{name: "vmm_launch", do: func(ctx context.Context) error {
 			_ = os.Remove(s.consolePath(*v)) // the log shows this boot only
 			pid, err := s.d.Driver.Start(ctx, spec)
@@ -121,9 +123,18 @@ func (s *Service) start(ctx context.Context, v *store.VM, bootTimeout time.Durat
 		}
 		return err
 	}
+	if s.d.AfterStart != nil {
+		progress.stage("post_start")
+		hctx, cancel := context.WithTimeout(ctx, afterStartTimeout)
+		s.d.AfterStart(hctx, *v)
+		cancel()
+	}
 	progress.stage("ready")
 	return nil
 }
+
+// afterStartTimeout bounds the post-start hook.
+const afterStartTimeout = 60 * time.Second
 
 func firstLine(s string) string {
 	if i := strings.IndexByte(s, '\n'); i >= 0 {
@@ -222,6 +233,9 @@ func (s *Service) teardown(ctx context.Context, v *store.VM, state, lastErr stri
 		if err := s.d.Net.DeleteTap(uctx, v.Tap); err != nil {
 			errs = append(errs, fmt.Errorf("delete tap %s: %w", v.Tap, err))
 		}
+	}
+	if err := s.removeFirewall(uctx, *v); err != nil {
+		errs = append(errs, err)
 	}
 	s.setHandle(v.ID, nil)
 	s.removeHandles(*v)

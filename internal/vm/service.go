@@ -93,7 +93,11 @@ type Deps struct {
 	SSH        Guest
 	KnownHosts Pins
 	ClientKey  ssh.PublicKey
-	UID, GID   int // the VMM runs as this user
+	UID, GID   int      // the VMM runs as this user
+	Firewall   Firewall // per-VM anti-spoofing + NAT rules (nil: none)
+	// AfterStart runs after every successful boot (create, start, restart),
+	// best effort: it logs its own failures, the VM stays up (file sync).
+	AfterStart func(ctx context.Context, v store.VM)
 }
 
 // Service is the VM lifecycle service.
@@ -155,6 +159,7 @@ func (s *Service) View(v store.VM) api.VM {
 		MemoryMiB: v.MemoryMiB, DiskBytes: v.DiskBytes, WorkDiskBytes: v.WorkDiskBytes, GuestIP: v.GuestIP,
 		MAC: v.MAC, Tap: v.Tap, CloneMethod: v.CloneMethod, LastError: v.LastError, Dir: v.Dir, CreatedAt: v.CreatedAt,
 	}
+	out.NAT = s.NAT(context.Background(), v)
 	if h := s.handle(v.ID); h != nil {
 		out.PID = h.PID
 	}
@@ -257,7 +262,7 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 		{name: "vm_dir", do: func(ctx context.Context) error { return os.MkdirAll(v.Dir, 0o700) },
 			undo: func(ctx context.Context) error { return os.RemoveAll(v.Dir) }},
 		{name: "identity", do: func(ctx context.Context) error { return s.makeIdentity(v) },
-			undo: func(ctx context.Context) error { return s.d.KnownHosts.Remove(v.GuestIP) }},
+			undo: func(ctx context.Context) error { return s.d.KnownHosts.Remove(v.GuestIP, v.Name+"."+hostnet.DNSZone) }},
 		{name: "root_disk", do: func(ctx context.Context) error {
 			m, err := disk.Clone(ctx, img.Path, s.rootPath(v))
 			if err != nil {
@@ -274,7 +279,13 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 		}},
 		{name: "record", do: func(ctx context.Context) error {
 			v.State = StateStopped
-			return s.d.Store.UpdateVM(ctx, &v)
+			if err := s.d.Store.UpdateVM(ctx, &v); err != nil {
+				return err
+			}
+			if p.NAT {
+				return s.d.Store.SetNAT(ctx, v.ID, true)
+			}
+			return nil
 		}},
 	}
 	undoRow := func(err error) error {
@@ -352,7 +363,9 @@ func (s *Service) makeIdentity(v store.VM) error {
 	if err := os.WriteFile(s.hostKeyPath(v)+".pub", ssh.MarshalAuthorizedKey(pub), 0o644); err != nil {
 		return err
 	}
-	return s.d.KnownHosts.Pin(v.GuestIP, pub)
+	// Pinned under the IP (banger's own dials) and <name>.vm (`ssh root@<name>.vm`
+	// with the generated ssh config), so neither is trust-on-first-use.
+	return s.d.KnownHosts.Pin(v.GuestIP+","+v.Name+"."+hostnet.DNSZone, pub)
 }
 
 // writeSeed builds the per-VM seed disk the guest's /init unpacks onto the root.
@@ -373,6 +386,8 @@ func (s *Service) writeSeed(v store.VM) error {
 		{Path: "etc/ssh/ssh_host_ed25519_key", Mode: 0o600, Data: priv},
 		{Path: "etc/ssh/ssh_host_ed25519_key.pub", Mode: 0o644, Data: pub},
 		{Path: "etc/ssh/authorized_keys.d/root", Mode: 0o644, Data: guest.AuthorizedKey(s.d.ClientKey)},
+		// banger's DNS server on the bridge gateway answers <name>.vm.
+		{Path: "etc/resolv.conf", Mode: 0o644, Data: []byte(fmt.Sprintf("nameserver %s\nsearch %s\n", s.d.Gateway, hostnet.DNSZone))},
 	}
 	return disk.WriteSeed(s.seedPath(v), files)
 }

@@ -214,7 +214,7 @@ func TestCreateDeleteLeavesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(stages, ","); got != "vm_dir,identity,root_disk,work_disk,record,seed,tap,vmm_launch,wait_ready,ready" {
+	if got := strings.Join(stages, ","); got != "vm_dir,identity,root_disk,work_disk,record,seed,tap,nat,vmm_launch,wait_ready,ready" {
 		t.Errorf("stages = %s", got)
 	}
 	if v.State != StateRunning || v.CloneMethod == "" {

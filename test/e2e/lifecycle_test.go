@@ -45,6 +45,16 @@ func TestLifecycle(t *testing.T) {
 	if r.code != 3 || r.stdout != "hi\n" || !strings.Contains(r.stderr, "oops") {
 		t.Fatalf("ssh exit code/streams: code=%d stdout=%q stderr=%q", r.code, r.stdout, r.stderr)
 	}
+	// A PTY when asked for one (interactive `vm ssh` uses the same path).
+	if out := must(t, "vm", "ssh", "dev", "-t", "--", "tty"); !strings.Contains(out, "/dev/pts/") {
+		t.Errorf("vm ssh -t: tty = %q", out)
+	}
+	// stdin reaches the remote command.
+	cmd := E.cmd("vm", "ssh", "dev", "--", "tr a-z A-Z")
+	cmd.Stdin = strings.NewReader("piped stdin\n")
+	if out, err := cmd.Output(); err != nil || string(out) != "PIPED STDIN\n" {
+		t.Errorf("stdin: %q %v", out, err)
+	}
 	// Written right before stop, on both disks: must survive.
 	must(t, "vm", "ssh", "dev", "--", "echo persisted-root > /etc/banger-marker; echo persisted-work > /root/marker")
 	t0 = time.Now()

@@ -1,0 +1,25 @@
+package api
+
+// Methods of the host-networking features.
+const (
+	MethodVMSet   = "vm.set"
+	MethodVMPorts = "vm.ports"
+)
+
+// SetVMParams changes a stopped VM; nil fields are left alone. Changes
+// take effect at the next start.
+type SetVMParams struct {
+	Name      string `json:"name"`
+	NAT       *bool  `json:"nat,omitempty"`
+	VCPU      *int   `json:"vcpu,omitempty"`
+	MemoryMiB *int   `json:"memory_mib,omitempty"`
+}
+
+// Port is one listening socket in a guest.
+type Port struct {
+	Proto   string `json:"proto"`   // tcp | udp
+	Address string `json:"address"` // bound address: 0.0.0.0, ::, 127.0.0.1, ...
+	Port    int    `json:"port"`
+	Process string `json:"process,omitempty"`
+	URL     string `json:"url,omitempty"` // http://NAME.vm:PORT for TCP not bound to loopback
+}

@@ -1,0 +1,38 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/rpc"
+)
+
+// registerNet installs the host-networking methods: vm.set, vm.ports.
+func (dm *Daemon) registerNet(srv *rpc.Server) {
+	srv.Handle(api.MethodVMSet, dm.vmSet)
+	srv.Handle(api.MethodVMPorts, dm.vmPorts)
+}
+
+func (dm *Daemon) vmSet(ctx context.Context, c *rpc.Call) (any, error) {
+	var p api.SetVMParams
+	if err := c.Decode(&p); err != nil {
+		return nil, err
+	}
+	if p.Name == "" {
+		return nil, fmt.Errorf("name is required: %w", api.ErrInvalid)
+	}
+	v, err := dm.d.VMs.Set(context.WithoutCancel(ctx), p)
+	if err != nil {
+		return nil, err
+	}
+	return dm.d.VMs.View(v), nil
+}
+
+func (dm *Daemon) vmPorts(ctx context.Context, c *rpc.Call) (any, error) {
+	n, err := dm.name(c)
+	if err != nil {
+		return nil, err
+	}
+	return dm.d.VMs.Ports(ctx, n)
+}

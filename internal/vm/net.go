@@ -1,0 +1,278 @@
+package vm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/guest"
+	"github.com/banger-dev/banger/internal/hostnet"
+	"github.com/banger-dev/banger/internal/store"
+)
+
+// Firewall programs per-VM anti-spoofing and NAT rules (hostnet.Firewall in
+// production). Rules are keyed by durable data from the row: VM id, guest IP,
+// TAP name, so teardown never depends on memory or a scratch file.
+type Firewall interface {
+	Apply(ctx context.Context, v hostnet.VMNet) error
+	Remove(ctx context.Context, id, tap string) error
+	Prune(ctx context.Context, keep map[string]string) error
+}
+
+func (s *Service) vmNet(ctx context.Context, v store.VM) (hostnet.VMNet, error) {
+	ip, err := netip.ParseAddr(v.GuestIP)
+	if err != nil {
+		return hostnet.VMNet{}, fmt.Errorf("guest ip %q: %w", v.GuestIP, api.ErrInvalid)
+	}
+	mac, err := net.ParseMAC(v.MAC)
+	if err != nil {
+		return hostnet.VMNet{}, fmt.Errorf("mac %q: %w", v.MAC, api.ErrInvalid)
+	}
+	nat, err := s.d.Store.NAT(ctx, v.ID)
+	if err != nil {
+		return hostnet.VMNet{}, err
+	}
+	return hostnet.VMNet{ID: v.ID, IP: ip, MAC: mac, Tap: v.Tap, NAT: nat}, nil
+}
+
+// applyFirewall is the `nat` start step: anti-spoofing on the TAP always,
+// masquerade + forward when the VM has NAT.
+func (s *Service) applyFirewall(ctx context.Context, v store.VM) error {
+	if s.d.Firewall == nil {
+		return nil
+	}
+	n, err := s.vmNet(ctx, v)
+	if err != nil {
+		return err
+	}
+	return s.d.Firewall.Apply(ctx, n)
+}
+
+// removeFirewall deletes the VM's rules by its id and TAP name (both from the row).
+func (s *Service) removeFirewall(ctx context.Context, v store.VM) error {
+	if s.d.Firewall == nil {
+		return nil
+	}
+	if err := s.d.Firewall.Remove(ctx, v.ID, v.Tap); err != nil {
+		return fmt.Errorf("remove firewall rules: %w", err)
+	}
+	return nil
+}
+
+// reconcileNet runs at the end of Reconcile: a stopped row's TAP and rules
+// (left by a daemon killed mid-start, before the row said `running`) are
+// removed, and any rule of a VM that is not running now is pruned.
+func (s *Service) reconcileNet(ctx context.Context) error {
+	vms, err := s.d.Store.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	keep := map[string]string{}
+	for _, v := range vms {
+		if s.Running(v) {
+			keep[v.ID] = v.Tap
+			continue
+		}
+		if v.State != StateStopped {
+			continue // Reconcile's own teardown handled it
+		}
+		if spec, err := s.spec(v); err == nil {
+			if pid, alive := s.d.Driver.Find(spec); alive {
+				// A VMM launched just before the daemon died, row never updated.
+				if err := s.killAndWait(pid); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+		if v.Tap != "" {
+			if err := s.d.Net.DeleteTap(ctx, v.Tap); err != nil {
+				errs = append(errs, fmt.Errorf("vm %q: delete tap: %w", v.Name, err))
+			}
+		}
+	}
+	if s.d.Firewall != nil {
+		if err := s.d.Firewall.Prune(ctx, keep); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// LookupVM resolves a running VM's name to its guest IP (the DNS server).
+func (s *Service) LookupVM(ctx context.Context, name string) (netip.Addr, bool) {
+	if ValidName(name) != nil {
+		return netip.Addr{}, false
+	}
+	v, err := s.d.Store.GetVM(ctx, name)
+	if err != nil || v.Name != name || !s.Running(v) {
+		return netip.Addr{}, false
+	}
+	ip, err := netip.ParseAddr(v.GuestIP)
+	return ip, err == nil
+}
+
+// LookupVMAddr resolves a running VM's guest IP to its name (PTR).
+func (s *Service) LookupVMAddr(ctx context.Context, ip netip.Addr) (string, bool) {
+	vms, err := s.d.Store.ListVMs(ctx)
+	if err != nil {
+		return "", false
+	}
+	for _, v := range vms {
+		if v.GuestIP == ip.String() && s.Running(v) {
+			return v.Name, true
+		}
+	}
+	return "", false
+}
+
+// NAT reports whether the VM has NAT enabled (for views).
+func (s *Service) NAT(ctx context.Context, v store.VM) bool {
+	on, _ := s.d.Store.NAT(ctx, v.ID)
+	return on
+}
+
+// Set changes a stopped VM: NAT, vCPUs, memory. Effective at the next start.
+func (s *Service) Set(ctx context.Context, p api.SetVMParams) (store.VM, error) {
+	v, err := s.Get(ctx, p.Name)
+	if err != nil {
+		return store.VM{}, err
+	}
+	unlock := s.lock(v.ID)
+	defer unlock()
+	if v, err = s.Get(ctx, v.ID); err != nil {
+		return store.VM{}, err
+	}
+	if s.Running(v) || v.State == StateRunning || v.State == StateCreating {
+		return v, fmt.Errorf("vm %q is %s; stop it first (changes apply at the next start): %w", v.Name, v.State, api.ErrBusy)
+	}
+	if p.NAT == nil && p.VCPU == nil && p.MemoryMiB == nil {
+		return v, fmt.Errorf("vm set %q: nothing to change (give --nat, --vcpu or --memory): %w", v.Name, api.ErrInvalid)
+	}
+	if p.VCPU != nil && (*p.VCPU < 1 || *p.VCPU > 32) {
+		return v, fmt.Errorf("vcpu %d: must be 1-32: %w", *p.VCPU, api.ErrInvalid)
+	}
+	if p.MemoryMiB != nil && (*p.MemoryMiB < 128 || *p.MemoryMiB > 64<<10) {
+		return v, fmt.Errorf("memory %d MiB: must be 128-65536: %w", *p.MemoryMiB, api.ErrInvalid)
+	}
+	if p.VCPU != nil || p.MemoryMiB != nil {
+		if p.VCPU != nil {
+			v.VCPU = *p.VCPU
+		}
+		if p.MemoryMiB != nil {
+			v.MemoryMiB = *p.MemoryMiB
+		}
+		if err := s.d.Store.UpdateVM(ctx, &v); err != nil {
+			return v, err
+		}
+	}
+	if p.NAT != nil {
+		if err := s.d.Store.SetNAT(ctx, v.ID, *p.NAT); err != nil {
+			return v, err
+		}
+	}
+	s.d.Log.InfoContext(ctx, "vm set", "vm", v.Name, "vcpu", v.VCPU, "memory_mib", v.MemoryMiB, "nat", p.NAT)
+	return v, nil
+}
+
+// Ports lists the guest's listening TCP/UDP sockets, read with `ss` over the
+// daemon's kept SSH connection.
+func (s *Service) Ports(ctx context.Context, name string) ([]api.Port, error) {
+	v, err := s.Get(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if !s.Running(v) {
+		return nil, fmt.Errorf("vm %q is %s: %w", v.Name, v.State, api.ErrNotRunning)
+	}
+	var out, errb bytes.Buffer
+	code, err := s.d.SSH.Exec(ctx, s.target(v), guest.ExecRequest{Argv: []string{"ss", "-H", "-l", "-n", "-t", "-u", "-p"},
+		Stdout: &out, Stderr: &errb})
+	if err != nil {
+		return nil, fmt.Errorf("vm %q: ss: %w", v.Name, err)
+	}
+	if code != 0 {
+		return nil, fmt.Errorf("vm %q: ss exited %d: %s", v.Name, code, strings.TrimSpace(errb.String()))
+	}
+	return ParsePorts(out.String(), v.Name), nil
+}
+
+// ParsePorts parses `ss -H -lntup` output. Sockets bound to loopback get no
+// URL hint; others get http://NAME.vm:PORT (TCP only).
+func ParsePorts(ssOut, vmName string) []api.Port {
+	var ports []api.Port
+	seen := map[string]bool{}
+	for _, line := range strings.Split(ssOut, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		proto := f[0]
+		if proto != "tcp" && proto != "udp" {
+			continue
+		}
+		local := f[4]
+		i := strings.LastIndexByte(local, ':')
+		if i < 0 {
+			continue
+		}
+		port, err := strconv.Atoi(local[i+1:])
+		if err != nil || port <= 0 {
+			continue
+		}
+		addr := strings.Trim(local[:i], "[]")
+		if j := strings.IndexByte(addr, '%'); j >= 0 {
+			addr = addr[:j]
+		}
+		if addr == "*" {
+			addr = "0.0.0.0"
+		}
+		p := api.Port{Proto: proto, Address: addr, Port: port}
+		if len(f) > 6 {
+			p.Process = processName(strings.Join(f[6:], " "))
+		}
+		loop := false
+		if a, err := netip.ParseAddr(addr); err == nil && a.Unmap().IsLoopback() {
+			loop = true
+		}
+		if proto == "tcp" && !loop {
+			p.URL = fmt.Sprintf("http://%s.%s:%d", vmName, hostnet.DNSZone, port)
+		}
+		key := fmt.Sprintf("%s|%s|%d", p.Proto, p.Address, p.Port)
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		ports = append(ports, p)
+	}
+	sort.SliceStable(ports, func(i, j int) bool {
+		if ports[i].Port != ports[j].Port {
+			return ports[i].Port < ports[j].Port
+		}
+		if ports[i].Proto != ports[j].Proto {
+			return ports[i].Proto < ports[j].Proto
+		}
+		return ports[i].Address < ports[j].Address
+	})
+	return ports
+}
+
+// processName extracts "sshd" from users:(("sshd",pid=1,fd=3)).
+func processName(s string) string {
+	_, rest, ok := strings.Cut(s, `(("`)
+	if !ok {
+		return ""
+	}
+	name, _, ok := strings.Cut(rest, `"`)
+	if !ok {
+		return ""
+	}
+	return name
+}
