@@ -323,7 +323,13 @@ func (dm *Daemon) kernelImport(ctx context.Context, c *rpc.Call) (any, error) {
 		if err != nil {
 			return api.Kernel{}, err
 		}
-		k := store.Kernel{Name: info.Name, Version: info.Version, Source: info.Source, Path: info.Kernel, Initrd: info.Initrd, SHA256: info.SHA256}
+		// The uncompressed vmlinux boots through PVH (~0.4 s faster under TCG,
+		// and the only form Firecracker takes); the bzImage is the fallback.
+		path := info.Kernel
+		if info.Vmlinux != "" {
+			path = info.Vmlinux
+		}
+		k := store.Kernel{Name: info.Name, Version: info.Version, Source: info.Source, Path: path, Initrd: info.Initrd, SHA256: info.SHA256}
 		if err := dm.d.Store.CreateKernel(ctx, &k); err != nil {
 			_ = kernel.Remove(dm.d.Layout, name)
 			return api.Kernel{}, err

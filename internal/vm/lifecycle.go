@@ -192,9 +192,16 @@ func (s *Service) Stop(ctx context.Context, name string, force bool) (store.VM, 
 	s.stopped[v.ID] = true
 	s.mu.Unlock()
 	if !force {
-		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err := s.d.SSH.Shutdown(sctx, s.target(v))
+		// ~2 s to reach the guest; once reached, sync gets the time it needs,
+		// since it is what makes written data durable on the host's file.
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := s.d.SSH.Client(rctx, s.target(v))
 		cancel()
+		if err == nil {
+			sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+			err = s.d.SSH.Shutdown(sctx, s.target(v))
+			cancel()
+		}
 		if err != nil {
 			s.d.Log.WarnContext(ctx, "graceful stop failed, killing", "vm", v.Name, "err", err)
 		} else {

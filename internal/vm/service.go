@@ -71,6 +71,7 @@ type Guest interface {
 	WaitReady(ctx context.Context, t guest.Target, interval time.Duration) error
 	Exec(ctx context.Context, t guest.Target, req guest.ExecRequest) (int, error)
 	Shutdown(ctx context.Context, t guest.Target) error
+	Client(ctx context.Context, t guest.Target) (*ssh.Client, error)
 	Drop(vmID string)
 }
 

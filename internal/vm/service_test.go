@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/disk"
 	"github.com/banger-dev/banger/internal/guest"
@@ -138,6 +140,9 @@ func (g fakeGuest) Exec(ctx context.Context, t guest.Target, req guest.ExecReque
 }
 func (g fakeGuest) Shutdown(ctx context.Context, t guest.Target) error { return nil }
 func (g fakeGuest) Drop(string)                                        {}
+func (g fakeGuest) Client(ctx context.Context, t guest.Target) (*ssh.Client, error) {
+	return nil, nil
+}
 
 type fixture struct {
 	svc    *Service
