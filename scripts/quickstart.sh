@@ -21,9 +21,11 @@ stop_daemon() {
   while "$bin/banger" daemon status >/dev/null 2>&1; do sleep 0.2; done
 }
 stop_daemon # a daemon left in the namespace by an earlier run cannot download
+export BANGER_DNS=off # the download-only daemon serves no DNS
 "$bin/banger" kernel list --json | grep -q '"name"' || "$bin/banger" kernel import --debian
 "$bin/banger" image list --json | grep -q '"default"' || "$bin/banger" image build default
 stop_daemon
+unset BANGER_DNS
 ns=banger-qs
 ip netns list | grep -qw "$ns" || { ip netns add "$ns"; ip -n "$ns" link set lo up; }
 b() { ip netns exec "$ns" "$bin/banger" "$@"; }

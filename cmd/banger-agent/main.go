@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"time"
 
 	"github.com/banger-dev/banger/internal/agentinit"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -23,12 +25,17 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"init":    {"prepare the root file system and exec its init (PID 1 of the initramfs)", runInit},
-		"version": {"print the version", runVersion},
+		"init":      {"prepare the root file system and exec its init (PID 1 of the initramfs)", runInit},
+		"firstboot": {"init of images without systemd: install systemd and sshd, then exec systemd", runFirstBoot},
+		"version":   {"print the version", runVersion},
 	}
 }
 
 func main() {
+	// Started as banger-firstboot (the init= of images without systemd).
+	if filepath.Base(os.Args[0]) == filepath.Base(agentinit.FirstBootPath) {
+		os.Exit(runFirstBoot(nil, os.Stdout, os.Stderr))
+	}
 	// The kernel runs /init with no subcommand (and may pass unknown boot
 	// arguments as argv), so PID 1 always means init.
 	if os.Getpid() == 1 {
@@ -98,4 +105,22 @@ func openConsole() io.Writer {
 		return f
 	}
 	return os.Stderr
+}
+
+func runFirstBoot(args []string, _, stderr io.Writer) int {
+	if os.Getpid() != 1 && (len(args) != 1 || args[0] != "--force") {
+		fmt.Fprintln(stderr, "banger-agent firstboot: not PID 1; this installs packages and execs systemd (pass --force to run anyway)")
+		return 2
+	}
+	console := openConsole()
+	log := &agentinit.Logger{W: console}
+	log.Printf("banger-agent %s first boot", version)
+	err := agentinit.FirstBoot(log, system.Exec{}, console)
+	log.Printf("FATAL: %v", err)
+	if os.Getpid() != 1 {
+		return 1
+	}
+	for {
+		time.Sleep(time.Hour)
+	}
 }

@@ -144,6 +144,10 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	// Staging trees of image builds/pulls a crash interrupted.
+	if gone, err := image.RemoveStaleStaging(layout); err != nil || len(gone) > 0 {
+		log.Info("stale image staging removed", "dirs", gone, "err", err)
+	}
 	// Reconcile before serving: adopt live VMMs, tear down dead ones.
 	if err := vms.Reconcile(ctx); err != nil {
 		log.Error("reconcile", "err", err)

@@ -23,6 +23,9 @@ var (
 // network namespace runs systemd-resolved, routes ~vm to it over the bridge
 // link. It returns the undo, run at shutdown.
 func startNetServices(ctx context.Context, log *slog.Logger, runner system.Runner, netm *hostnet.Manager, r hostnet.VMResolver) func() {
+	// The bridge appears with the first VM start (the DNS socket binds with
+	// IP_FREEBIND before its address exists), so a daemon used only for
+	// downloads or image builds never touches the host's links.
 	addr := *dnsAddrFlag
 	if addr == "off" {
 		return func() {}

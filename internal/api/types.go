@@ -111,6 +111,11 @@ type KernelImportParams struct {
 	Name   string `json:"name,omitempty"`
 	Debian bool   `json:"debian,omitempty"`
 	Deb    string `json:"deb,omitempty"`
+	// A kernel given as files: a bzImage/vmlinux, and either an initrd used
+	// as is or a module directory (lib/modules/<version>) for banger's initramfs.
+	Vmlinux string `json:"vmlinux,omitempty"`
+	Initrd  string `json:"initrd,omitempty"`
+	Modules string `json:"modules,omitempty"`
 }
 
 type Kernel struct {

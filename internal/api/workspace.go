@@ -32,13 +32,13 @@ type Workspace struct {
 }
 
 type WorkspacePrepareResult struct {
-	Workspace   Workspace `json:"workspace"`
-	Full        bool      `json:"full"`
-	FilesSent   int       `json:"files_sent"`
-	BytesSent   int64     `json:"bytes_sent"`
-	Deleted     int       `json:"deleted"`
-	BundleBytes int64     `json:"bundle_bytes"`
-	TookMs      int64     `json:"took_ms"`
+	Workspace    Workspace `json:"workspace"`
+	Full         bool      `json:"full"`
+	FilesSent    int       `json:"files_sent"`
+	BytesSent    int64     `json:"bytes_sent"`
+	Deleted      int       `json:"deleted"`
+	HistoryBytes int64     `json:"history_bytes"` // git objects + index (or a bundle)
+	TookMs       int64     `json:"took_ms"`
 }
 
 // WorkspaceCheck is what `vm exec` needs: where to cd and what drifted.

@@ -15,16 +15,18 @@ func (a *app) kernelCmd() *cobra.Command {
 	c := &cobra.Command{Use: "kernel", Short: "Import and manage guest kernels"}
 	var p api.KernelImportParams
 	imp := &cobra.Command{
-		Use:   "import (--debian | --deb FILE.deb) [--name NAME]",
+		Use:   "import (--debian | --deb FILE.deb | --vmlinux FILE [--initrd FILE | --modules DIR]) [--name NAME]",
 		Short: "Import a Debian cloud kernel and generate banger's initramfs",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if p.Deb != "" {
-				abs, err := filepath.Abs(p.Deb)
-				if err != nil {
-					return err
+			for _, f := range []*string{&p.Deb, &p.Vmlinux, &p.Initrd, &p.Modules} {
+				if *f != "" {
+					abs, err := filepath.Abs(*f)
+					if err != nil {
+						return err
+					}
+					*f = abs
 				}
-				p.Deb = abs
 			}
 			sv := a.newStageView("importing kernel")
 			var k api.Kernel
@@ -42,6 +44,9 @@ func (a *app) kernelCmd() *cobra.Command {
 	imp.Flags().BoolVar(&p.Debian, "debian", false, "download linux-image-cloud-amd64 with apt-get")
 	imp.Flags().StringVar(&p.Deb, "deb", "", "import this kernel .deb")
 	imp.Flags().StringVar(&p.Name, "name", "", "kernel name (default debian-cloud)")
+	imp.Flags().StringVar(&p.Vmlinux, "vmlinux", "", "import this kernel image (bzImage or vmlinux); needs --name")
+	imp.Flags().StringVar(&p.Initrd, "initrd", "", "with --vmlinux: use this initrd as is (it must follow banger's initramfs contract)")
+	imp.Flags().StringVar(&p.Modules, "modules", "", "with --vmlinux: lib/modules/<version> directory for banger's generated initramfs")
 	list := &cobra.Command{
 		Use: "list", Aliases: []string{"ls"}, Short: "List kernels", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -60,7 +65,7 @@ func (a *app) kernelCmd() *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	c.AddCommand(imp, list, a.rmCmd("kernel", api.MethodKernelRm))
+	c.AddCommand(imp, a.kernelPullCmd(), list, a.rmCmd("kernel", api.MethodKernelRm))
 	return c
 }
 

@@ -53,7 +53,7 @@ func prepareSummary(r api.WorkspacePrepareResult) string {
 	}
 	return fmt.Sprintf("%s → %s:%s (%s: %d files / %s sent, %d deleted, history %s) in %.1fs",
 		r.Workspace.HostPath, r.Workspace.VM, r.Workspace.GuestPath, kind, r.FilesSent, human(r.BytesSent), r.Deleted,
-		human(r.BundleBytes), float64(r.TookMs)/1000)
+		human(r.HistoryBytes), float64(r.TookMs)/1000)
 }
 
 func (a *app) wsPrepareCmd() *cobra.Command {

@@ -67,6 +67,7 @@ func Register(srv *rpc.Server, d Deps) *Daemon {
 	srv.Handle(api.MethodImageList, dm.imageList)
 	srv.Handle(api.MethodImageRm, dm.imageRm)
 	srv.Handle(api.MethodImagePull, dm.imagePull)
+	srv.Handle(api.MethodKernelPull, dm.kernelPull)
 	srv.Handle(api.MethodDaemonStatus, dm.status)
 	srv.Handle(api.MethodDaemonStop, dm.stop)
 	srv.Handle(api.MethodDoctor, dm.doctor)
@@ -295,6 +296,9 @@ func (dm *Daemon) kernelImport(ctx context.Context, c *rpc.Call) (any, error) {
 	var p api.KernelImportParams
 	if err := c.Decode(&p); err != nil {
 		return nil, err
+	}
+	if p.Vmlinux != "" {
+		return dm.kernelImportFiles(ctx, c, p)
 	}
 	if p.Debian == (p.Deb != "") {
 		return nil, fmt.Errorf("give exactly one of --debian or --deb FILE: %w", api.ErrInvalid)

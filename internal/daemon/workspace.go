@@ -45,7 +45,7 @@ func (dm *Daemon) wsPrepare(ctx context.Context, c *rpc.Call) (any, error) {
 			return api.WorkspacePrepareResult{}, err
 		}
 		return api.WorkspacePrepareResult{Workspace: dm.wsView(p.Name, r.Workspace), Full: r.Full, FilesSent: r.FilesSent,
-			BytesSent: r.BytesSent, Deleted: r.Deleted, BundleBytes: r.BundleBytes, TookMs: r.Took.Milliseconds()}, nil
+			BytesSent: r.BytesSent, Deleted: r.Deleted, HistoryBytes: r.HistoryBytes, TookMs: r.Took.Milliseconds()}, nil
 	})
 }
 

@@ -15,6 +15,10 @@ import (
 // AgentGuestPath is where Customize installs banger-agent in the guest.
 const AgentGuestPath = "usr/local/bin/banger-agent"
 
+// FirstBootGuestPath is a symlink to the agent; booted as init= it runs the
+// agent's first-boot mode (agentinit.FirstBootPath).
+const FirstBootGuestPath = "usr/local/bin/banger-firstboot"
+
 // Files Customize writes, relative to the root of the tree.
 const (
 	sshdDropIn      = "etc/ssh/sshd_config.d/banger.conf"
@@ -300,7 +304,11 @@ func (c customizer) agent(agentPath string) error {
 	if err := out.Close(); err != nil {
 		return err
 	}
-	return c.root.Chmod(AgentGuestPath, 0o755)
+	if err := c.root.Chmod(AgentGuestPath, 0o755); err != nil {
+		return err
+	}
+	// The init= of images without systemd: the agent's first-boot mode.
+	return c.symlink(path.Base(AgentGuestPath), FirstBootGuestPath)
 }
 
 // readDir lists a directory of the tree; a missing one is empty.

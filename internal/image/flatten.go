@@ -128,6 +128,9 @@ type flattener struct {
 	log     *slog.Logger
 	stats   FlattenStats
 	created map[string]bool // paths made by the current layer (for opaque dirs)
+	// dirs caches resolveDir results; any removal or new symlink can change
+	// a resolution, so those drop the whole cache.
+	dirs map[string]string
 }
 
 // progressCounter counts compressed bytes and reports at most every 200 ms.
@@ -265,6 +268,7 @@ func (f *flattener) entry(hdr *tar.Header, r io.Reader) error {
 		if victim == "" || victim == "." || victim == ".." {
 			return fail(fmt.Errorf("bad whiteout: %w", api.ErrInvalid))
 		}
+		f.dirs = nil
 		if err := f.root.RemoveAll(path.Join(parent, victim)); err != nil {
 			return fail(err)
 		}
@@ -303,6 +307,7 @@ func (f *flattener) entry(hdr *tar.Header, r io.Reader) error {
 		if err := checkLinkTarget(hdr.Name, hdr.Linkname); err != nil {
 			return err
 		}
+		f.dirs = nil
 		if err := f.root.Symlink(hdr.Linkname, target); err != nil {
 			return fail(err)
 		}
@@ -350,9 +355,11 @@ func (f *flattener) clear(target string, dir bool) error {
 	if err != nil {
 		return err
 	}
-	switch {
-	case fi.IsDir() && dir:
+	if fi.IsDir() && dir {
 		return nil
+	}
+	f.dirs = nil
+	switch {
 	case fi.IsDir():
 		return f.root.RemoveAll(target)
 	default:
@@ -448,6 +455,20 @@ func (f *flattener) resolveDir(dir string, create bool) (string, error) {
 	if dir == "." || dir == "" {
 		return ".", nil
 	}
+	if r, ok := f.dirs[dir]; ok {
+		return r, nil
+	}
+	r, err := f.resolveDirUncached(dir, create)
+	if err == nil {
+		if f.dirs == nil {
+			f.dirs = map[string]string{}
+		}
+		f.dirs[dir] = r
+	}
+	return r, err
+}
+
+func (f *flattener) resolveDirUncached(dir string, create bool) (string, error) {
 	parts := strings.Split(dir, "/")
 	resolved := ""
 	hops := 0
@@ -508,6 +529,7 @@ func (f *flattener) resolveDir(dir string, create bool) (string, error) {
 // opaque empties dir of everything lower layers put there, keeping what the
 // current layer already wrote.
 func (f *flattener) opaque(dir string) error {
+	f.dirs = nil
 	d, err := f.root.Open(dir)
 	if err != nil {
 		return err

@@ -45,7 +45,7 @@ type PullOptions struct {
 // (compressed bytes of all layers) during StagePull.
 type PullEvent struct {
 	Stage, Message string
-	Current, Total  int64
+	Current, Total int64
 }
 
 // PullResult is a finished pull. Unchanged means an image of that name with

@@ -43,10 +43,16 @@ type tent struct {
 	xattrs           map[string]string
 }
 
-func file(n, body string, mode int64) tent { return tent{name: n, body: body, typ: tar.TypeReg, mode: mode} }
-func dir(n string, mode int64) tent         { return tent{name: n, typ: tar.TypeDir, mode: mode} }
-func symlink(n, target string) tent         { return tent{name: n, link: target, typ: tar.TypeSymlink, mode: 0o777} }
-func hardlink(n, target string) tent        { return tent{name: n, link: target, typ: tar.TypeLink, mode: 0o644} }
+func file(n, body string, mode int64) tent {
+	return tent{name: n, body: body, typ: tar.TypeReg, mode: mode}
+}
+func dir(n string, mode int64) tent { return tent{name: n, typ: tar.TypeDir, mode: mode} }
+func symlink(n, target string) tent {
+	return tent{name: n, link: target, typ: tar.TypeSymlink, mode: 0o777}
+}
+func hardlink(n, target string) tent {
+	return tent{name: n, link: target, typ: tar.TypeLink, mode: 0o644}
+}
 
 func tarBytes(t testing.TB, ents ...tent) []byte {
 	t.Helper()
@@ -467,6 +473,24 @@ func TestNameFromRef(t *testing.T) {
 		}
 		if got := NameFromRef(ref); got != want {
 			t.Errorf("%s: got %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestRemoveStaleStaging(t *testing.T) {
+	layout := paths.Layout{Root: t.TempDir()}
+	for _, p := range []string{"image-deb-123/rootfs/etc/passwd", "kernel-x-1/keep", "image-file"} {
+		full := filepath.Join(layout.Tmp(), p)
+		_ = os.MkdirAll(filepath.Dir(full), 0o755)
+		_ = os.WriteFile(full, []byte("x"), 0o644)
+	}
+	removed, err := RemoveStaleStaging(layout)
+	if err != nil || len(removed) != 1 || filepath.Base(removed[0]) != "image-deb-123" {
+		t.Fatalf("removed %v, %v", removed, err)
+	}
+	for _, p := range []string{"kernel-x-1/keep", "image-file"} {
+		if _, err := os.Stat(filepath.Join(layout.Tmp(), p)); err != nil {
+			t.Errorf("%s: %v", p, err)
 		}
 	}
 }

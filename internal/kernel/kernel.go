@@ -312,6 +312,11 @@ func (i *Importer) resolveModules(ctx context.Context, root, version, koDir stri
 		i.log().WarnContext(ctx, "kernel package has no module directory", "version", version)
 		return nil, nil
 	}
+	return i.resolveModulesIn(ctx, dir, koDir)
+}
+
+// resolveModulesIn is resolveModules for a module directory (lib/modules/<version>).
+func (i *Importer) resolveModulesIn(ctx context.Context, dir, koDir string) ([]Module, error) {
 	files := map[string]string{}
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {

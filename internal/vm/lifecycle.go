@@ -30,7 +30,7 @@ func (s *Service) Start(ctx context.Context, name string, progress Progress) (st
 	if v.State == StateCreating {
 		return v, fmt.Errorf("vm %q is still being created: %w", v.Name, api.ErrBusy)
 	}
-	if err := s.start(ctx, &v, DefaultBootTimeout, progress); err != nil {
+	if err := s.start(ctx, &v, s.defaultBootTimeout(v), progress); err != nil {
 		return v, fmt.Errorf("start vm %q: %w", v.Name, err)
 	}
 	return v, nil

@@ -303,7 +303,7 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 	if p.NoStart {
 		return v, nil
 	}
-	timeout := DefaultBootTimeout
+	timeout := s.defaultBootTimeout(v)
 	if p.BootTimeout > 0 {
 		timeout = time.Duration(p.BootTimeout) * time.Second
 	}
@@ -405,6 +405,7 @@ func (s *Service) spec(v store.VM) (vmm.Spec, error) {
 	mask := netipMask(s.d.Subnet)
 	cmdline := fmt.Sprintf("console=ttyS0 rw net.ifnames=0 panic=-1 cryptomgr.notests quiet ip=%s::%s:%s:%s:eth0:off",
 		ip, s.d.Gateway, mask, v.Name)
+	cmdline += s.firstBootArg(v)
 	return vmm.Spec{
 		ID: v.ID, Dir: v.Dir, VCPU: v.VCPU, MemoryMiB: v.MemoryMiB,
 		Kernel: k.Path, Initrd: k.Initrd, Cmdline: cmdline,

@@ -135,3 +135,26 @@ func (g repo) validBranch(ctx context.Context, name string) error {
 	}
 	return nil
 }
+
+// dirs returns the repository's git dir (index, HEAD of this worktree) and
+// common dir (objects, refs).
+func (g repo) dirs(ctx context.Context) (gitDir, commonDir string, err error) {
+	out, err := g.git(ctx, "rev-parse", "--path-format=absolute", "--absolute-git-dir", "--git-common-dir")
+	if err != nil {
+		return "", "", err
+	}
+	f := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(f) != 2 {
+		return "", "", fmt.Errorf("git rev-parse: unexpected output %q", out)
+	}
+	return f[0], f[1], nil
+}
+
+// refUpdates renders the branches and tags as `git update-ref --stdin` input.
+func (g repo) refUpdates(ctx context.Context) ([]byte, error) {
+	out, err := g.git(ctx, "for-each-ref", "--format=update %(refname) %(objectname)", "refs/heads", "refs/tags")
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}

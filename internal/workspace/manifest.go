@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -157,3 +158,61 @@ func (t *tarWriter) data(name string, b []byte) error {
 }
 
 func (t *tarWriter) close() error { return t.tw.Close() }
+
+// Keys of the manifest that are not working-tree files: the object store and
+// the index, sent as files (objects are immutable and content-addressed, so a
+// file copy is exact; new packs and loose objects are all a resync sends).
+const (
+	gitObjectsKey = ".git/objects/"
+	gitIndexKey   = ".git/index"
+)
+
+// scanGit adds the object store under objectsDir and the index file to m.
+// Temporary files of a running git (tmp_*, incoming-*) are skipped.
+func scanGit(m manifest, objectsDir, index string) error {
+	err := filepath.WalkDir(objectsDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if os.IsNotExist(err) {
+				return nil // a git process removed it under us
+			}
+			return err
+		}
+		name := d.Name()
+		if strings.HasPrefix(name, "tmp_") || strings.HasPrefix(name, "incoming-") {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		st, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		rel, _ := filepath.Rel(objectsDir, p)
+		m[gitObjectsKey+filepath.ToSlash(rel)] = entry{Size: st.Size(), Mtime: st.ModTime().UnixNano(), Mode: st.Mode()}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if index != "" {
+		if st, err := os.Stat(index); err == nil && st.Mode().IsRegular() {
+			m[gitIndexKey] = entry{Size: st.Size(), Mtime: st.ModTime().UnixNano(), Mode: st.Mode()}
+		}
+	}
+	return nil
+}
+
+// worktreeOnly drops the git entries (drift is about the working tree).
+func (m manifest) worktreeOnly() manifest {
+	out := make(manifest, len(m))
+	for k, e := range m {
+		if !strings.HasPrefix(k, ".git/") {
+			out[k] = e
+		}
+	}
+	return out
+}

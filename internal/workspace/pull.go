@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -96,8 +97,9 @@ func (s *Service) Pull(ctx context.Context, p PullParams) (PullResult, error) {
 	}
 	res := PullResult{Branch: branch, Commit: strings.TrimSpace(string(files["tip"])), Patch: files["patch"]}
 	res.Commits, _ = strconv.Atoi(strings.TrimSpace(string(files["count"])))
-	if len(res.Commit) < 40 {
-		return PullResult{}, fmt.Errorf("vm %q: pull: no commit id came back: %w", v.Name, api.ErrInvalid)
+	// What the guest sends is untrusted: the tip becomes a git argument.
+	if !commitRE.MatchString(res.Commit) || res.Commits < 0 {
+		return PullResult{}, fmt.Errorf("vm %q: pull: no valid commit id came back (%.80q): %w", v.Name, res.Commit, api.ErrInvalid)
 	}
 
 	if _, ok := files["bundle"]; ok {
@@ -121,6 +123,8 @@ func (s *Service) Pull(ctx context.Context, p PullParams) (PullResult, error) {
 	s.d.Log.InfoContext(ctx, "workspace pulled", "vm", v.Name, "branch", branch, "commit", res.Commit, "commits", res.Commits, "patch_bytes", len(res.Patch))
 	return res, nil
 }
+
+var commitRE = regexp.MustCompile(`^[0-9a-f]{40}([0-9a-f]{24})?$`)
 
 type limitedWriter struct {
 	w    io.Writer

@@ -13,14 +13,19 @@ const exitDiverged = 86
 
 // syncScript: $1 dir, $2 HEAD after the last sync ("" = first prepare),
 // $3 new HEAD ("" = repository without commits), $4 branch ("" = detached),
-// $5 non-empty = force. Stdin is a tar of changed files plus control files.
+// $5 non-empty = force, $6 "index" when the host's index is in the tar.
+// Stdin is a tar of changed files (working tree, and .git/objects/... +
+// .git/index when the object store is sent as files) plus control files:
+// refs (update-ref --stdin input), deletes (NUL-separated), bundle (history
+// when the object store could not be sent as files).
 const syncScript = `set -eu
-D=$1 PREV=$2 NEW=$3 BR=$4 FORCE=$5
+D=$1 PREV=$2 NEW=$3 BR=$4 FORCE=$5 MODE=$6
 mkdir -p "$D"
 cd "$D"
 if [ -n "$PREV" ] && [ -z "$FORCE" ] && [ -f .git/HEAD ]; then
 	cur=$(git rev-parse -q --verify HEAD || true)
-	if [ "$cur" != "$PREV" ]; then
+	# Commits made in the VM block a resync until they were pulled back.
+	if [ "$cur" != "$PREV" ] && ! git merge-base --is-ancestor "$cur" refs/banger/pull 2>/dev/null; then
 		echo "the VM's HEAD in $D ($cur) is not what the last sync left ($PREV): pull its work back first (banger vm workspace pull) or prepare with --force" >&2
 		exit 86
 	fi
@@ -34,6 +39,15 @@ if [ -s "$S/bundle" ]; then
 		git fetch -q --no-write-fetch-head "$S/bundle" '+HEAD:refs/banger/host-head'
 	fi
 fi
+if [ "$MODE" = index ]; then
+	# The host's index describes these files; compare by size+mtime only
+	# (inode, ctime and owner differ here), so nothing is rehashed.
+	git config core.checkStat minimal
+	git config core.trustctime false
+fi
+if [ -s "$S/refs" ]; then
+	git update-ref --stdin < "$S/refs"
+fi
 if [ -n "$NEW" ]; then
 	if [ -n "$BR" ]; then
 		git update-ref "refs/heads/$BR" "$NEW"
@@ -41,7 +55,7 @@ if [ -n "$NEW" ]; then
 	else
 		git update-ref --no-deref HEAD "$NEW"
 	fi
-	git reset -q
+	[ "$MODE" = index ] || git reset -q
 fi
 if [ -s "$S/deletes" ]; then
 	# Remove the files, then the directories they leave empty (git tracks no directories).

@@ -137,13 +137,13 @@ type PrepareParams struct {
 
 // PrepareResult reports what one prepare sent.
 type PrepareResult struct {
-	Workspace   store.Workspace
-	Full        bool
-	FilesSent   int
-	BytesSent   int64
-	Deleted     int
-	BundleBytes int64
-	Took        time.Duration
+	Workspace    store.Workspace
+	Full         bool
+	FilesSent    int   // working-tree files sent
+	BytesSent    int64 // their bytes
+	Deleted      int
+	HistoryBytes int64 // git objects + index (or bundle) sent
+	Took         time.Duration
 }
 
 // Prepare copies the repository with its history into the VM, or, when the
@@ -204,10 +204,41 @@ func (s *Service) Prepare(ctx context.Context, p PrepareParams, progress Progres
 	if err != nil {
 		return PrepareResult{}, err
 	}
+	gitDir, commonDir, err := g.dirs(ctx)
+	if err != nil {
+		return PrepareResult{}, err
+	}
+	// History goes over as the object store's files when it is
+	// self-contained; otherwise (alternates, shallow) as a git bundle.
+	raw := !exists(filepath.Join(commonDir, "objects", "info", "alternates")) && !exists(filepath.Join(commonDir, "shallow"))
+	// The index goes too, so the guest needs no rehash of the tree; a split
+	// index (shared file) cannot be copied alone.
+	index := filepath.Join(gitDir, "index")
+	if m, _ := filepath.Glob(filepath.Join(gitDir, "sharedindex.*")); len(m) > 0 || !raw {
+		index = ""
+	}
+	if raw {
+		if err := scanGit(cur, filepath.Join(commonDir, "objects"), index); err != nil {
+			return PrepareResult{}, err
+		}
+	}
+	src := func(key string) string {
+		switch {
+		case strings.HasPrefix(key, gitObjectsKey):
+			return filepath.Join(commonDir, "objects", filepath.FromSlash(strings.TrimPrefix(key, gitObjectsKey)))
+		case key == gitIndexKey:
+			return index
+		}
+		return filepath.Join(top, key)
+	}
 	changed, deleted := diff(old, cur)
+	refs, err := g.refUpdates(ctx)
+	if err != nil {
+		return PrepareResult{}, err
+	}
 
 	var bundlePath string
-	if head != "" && !subset(tips, prev.Tips) {
+	if !raw && head != "" && !subset(tips, prev.Tips) {
 		progress("bundle", "")
 		f, err := os.CreateTemp(s.d.Tmp, "ws-*.bundle")
 		if err != nil {
@@ -230,20 +261,22 @@ func (s *Service) Prepare(ctx context.Context, p PrepareParams, progress Progres
 	}
 
 	progress("send", fmt.Sprintf("%d files, %d deletions", len(changed), len(deleted)))
-	res := PrepareResult{Full: full, FilesSent: len(changed), Deleted: len(deleted)}
+	res := PrepareResult{Full: full, Deleted: len(deleted)}
 	pr, pw := io.Pipe()
-	var sent int64
 	var werr error
 	wdone := make(chan struct{})
 	go func() {
 		defer close(wdone)
 		tw := newTar(pw)
-		err := func() error {
+		werr = func() error {
 			if bundlePath != "" {
 				if err := tw.file(syncDir+"/bundle", bundlePath, 0o600); err != nil {
 					return err
 				}
-				res.BundleBytes = tw.bytes
+				res.HistoryBytes += tw.bytes
+			}
+			if err := tw.data(syncDir+"/refs", refs); err != nil {
+				return err
 			}
 			if len(deleted) > 0 {
 				if err := tw.data(syncDir+"/deletes", []byte(strings.Join(deleted, "\x00")+"\x00")); err != nil {
@@ -251,20 +284,30 @@ func (s *Service) Prepare(ctx context.Context, p PrepareParams, progress Progres
 				}
 			}
 			for _, n := range changed {
-				if err := tw.file(n, filepath.Join(top, n), 0); err != nil {
+				before := tw.bytes
+				if err := tw.file(n, src(n), 0); err != nil {
 					return err
+				}
+				if strings.HasPrefix(n, ".git/") {
+					res.HistoryBytes += tw.bytes - before
+				} else {
+					res.FilesSent++
+					res.BytesSent += tw.bytes - before
 				}
 			}
 			return tw.close()
 		}()
-		sent, werr = tw.bytes, err
-		pw.CloseWithError(err)
+		pw.CloseWithError(werr)
 	}()
+	mode := ""
+	if index != "" {
+		mode = "index"
+	}
 	force := ""
 	if p.Force {
 		force = "1"
 	}
-	code, stderr, err := s.exec(ctx, v.Name, syncScript, pr, io.Discard, into, prev.Head, head, branch, force)
+	code, stderr, err := s.exec(ctx, v.Name, syncScript, pr, io.Discard, into, prev.Head, head, branch, force, mode)
 	pr.Close()
 	<-wdone
 	if err != nil {
@@ -279,19 +322,19 @@ func (s *Service) Prepare(ctx context.Context, p PrepareParams, progress Progres
 	if code != 0 {
 		return res, fmt.Errorf("vm %q: prepare into %s exited %d: %s", v.Name, into, code, stderr)
 	}
-	res.BytesSent = sent - res.BundleBytes
 
 	if err := saveManifest(manifestPath(v), cur); err != nil {
 		return res, err
 	}
+	wt := cur.worktreeOnly()
 	ws := store.Workspace{VMID: v.ID, HostPath: top, GuestPath: into, Head: head, Branch: branch, Tips: tips,
-		Files: int64(len(cur)), Bytes: cur.bytes(), PreparedAt: prev.PreparedAt}
+		Files: int64(len(wt)), Bytes: wt.bytes(), PreparedAt: prev.PreparedAt}
 	if err := s.d.Store.PutWorkspace(ctx, &ws); err != nil {
 		return res, err
 	}
 	res.Workspace, res.Took = ws, time.Since(t0)
 	s.d.Log.InfoContext(ctx, "workspace synced", "vm", v.Name, "host", top, "guest", into, "full", full,
-		"files", len(changed), "deleted", len(deleted), "bytes", res.BytesSent, "bundle_bytes", res.BundleBytes, "ms", res.Took.Milliseconds())
+		"files", len(changed), "deleted", len(deleted), "bytes", res.BytesSent, "history_bytes", res.HistoryBytes, "ms", res.Took.Milliseconds())
 	return res, nil
 }
 
@@ -359,7 +402,7 @@ func (s *Service) drift(ctx context.Context, v store.VM, ws store.Workspace) (Dr
 	if err != nil {
 		return d, err
 	}
-	changed, deleted := diff(old, cur)
+	changed, deleted := diff(old.worktreeOnly(), cur)
 	d.Changed = append(changed, deleted...)
 	slices.Sort(d.Changed)
 	return d, nil
@@ -437,4 +480,9 @@ func (s *Service) Status(ctx context.Context, name string) (Status, error) {
 		}
 	}
 	return st, nil
+}
+
+func exists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
 }

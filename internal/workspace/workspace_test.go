@@ -110,7 +110,7 @@ func (f *fixture) prepare(force bool) PrepareResult {
 func TestPrepareCopiesHistoryAndWorkingTree(t *testing.T) {
 	f := newFixture(t)
 	res := f.prepare(false)
-	if !res.Full || res.FilesSent != 6 || res.BundleBytes == 0 {
+	if !res.Full || res.FilesSent != 6 || res.HistoryBytes == 0 {
 		t.Fatalf("first prepare: %+v", res)
 	}
 	g := f.guest()
@@ -142,7 +142,7 @@ func TestResyncSendsOnlyChanges(t *testing.T) {
 	f := newFixture(t)
 	f.prepare(false)
 	// Nothing changed: nothing sent.
-	if res := f.prepare(false); res.Full || res.FilesSent != 0 || res.Deleted != 0 || res.BundleBytes != 0 {
+	if res := f.prepare(false); res.Full || res.FilesSent != 0 || res.Deleted != 0 || res.HistoryBytes != 0 {
 		t.Fatalf("no-op resync: %+v", res)
 	}
 	_, d, err := f.s.Check(f.ctx, "dev")
@@ -155,7 +155,7 @@ func TestResyncSendsOnlyChanges(t *testing.T) {
 		t.Fatalf("drift = %+v (%s)", d, d)
 	}
 	res := f.prepare(false)
-	if res.Full || res.FilesSent != 2 || res.Deleted != 1 || res.BundleBytes == 0 {
+	if res.Full || res.FilesSent != 2 || res.Deleted != 1 || res.HistoryBytes == 0 {
 		t.Fatalf("resync: %+v", res)
 	}
 	g := f.guest()
@@ -176,6 +176,15 @@ func TestResyncRefusesOverVMCommits(t *testing.T) {
 	}
 	if res := f.prepare(true); !res.Full {
 		t.Fatalf("forced prepare: %+v", res)
+	}
+	// Once pulled back, the VM's commits no longer block a resync.
+	sh(t, f.guest(), gitID+` commit -q --allow-empty -m vm-work-2`)
+	if _, err := f.s.Pull(f.ctx, PullParams{Name: "dev"}); err != nil {
+		t.Fatal(err)
+	}
+	sh(t, f.host, `echo y >> a.txt`)
+	if res := f.prepare(false); res.Full || res.FilesSent != 1 {
+		t.Fatalf("resync after pull: %+v", res)
 	}
 }
 
@@ -252,5 +261,43 @@ func TestGuestDirValidation(t *testing.T) {
 	}
 	if _, err := f.s.Prepare(f.ctx, PrepareParams{Name: "dev", Repo: t.TempDir()}, nil); !errors.Is(err, api.ErrInvalid) {
 		t.Errorf("not a repo: %v", err)
+	}
+}
+
+// A repository whose objects live elsewhere (alternates) goes over as a git
+// bundle, and the guest rebuilds its index with git reset.
+func TestPrepareWithAlternatesUsesBundle(t *testing.T) {
+	f := newFixture(t)
+	clone := filepath.Join(t.TempDir(), "clone")
+	sh(t, f.host, "git clone -q --shared . "+clone+" && cd "+clone+" && echo more > more.txt && git add more.txt && "+gitID+" commit -qm third")
+	res, err := f.s.Prepare(f.ctx, PrepareParams{Name: "dev", Repo: clone}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Full || res.HistoryBytes == 0 {
+		t.Fatalf("prepare: %+v", res)
+	}
+	if got, want := sh(t, f.guest(), "git log --format=%H; git status --porcelain; git config core.checkStat || true"),
+		sh(t, clone, "git log --format=%H; git status --porcelain"); got != want {
+		t.Fatalf("guest %q, want %q", got, want)
+	}
+	// Incremental over the bundle path: only the new commit.
+	sh(t, clone, "echo four > four.txt && git add four.txt && "+gitID+" commit -qm four")
+	res, err = f.s.Prepare(f.ctx, PrepareParams{Name: "dev", Repo: clone}, nil)
+	if err != nil || res.Full || res.FilesSent != 1 || res.HistoryBytes == 0 {
+		t.Fatalf("resync: %+v %v", res, err)
+	}
+	if got, want := sh(t, f.guest(), "git log --format=%s -1; git status --porcelain"), "four\n"; got != want {
+		t.Fatalf("guest after resync %q", got)
+	}
+}
+
+// The host's index goes over: staged and unstaged changes stay distinct.
+func TestPrepareKeepsStagedState(t *testing.T) {
+	f := newFixture(t)
+	sh(t, f.host, "echo staged > staged.txt && git add staged.txt && echo both >> a.txt && git add a.txt && echo later >> a.txt")
+	f.prepare(false)
+	if got, want := sh(t, f.guest(), "git status --porcelain"), sh(t, f.host, "git status --porcelain"); got != want {
+		t.Fatalf("guest status %q, want %q", got, want)
 	}
 }

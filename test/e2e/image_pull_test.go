@@ -33,9 +33,9 @@ import (
 )
 
 // listenInNetns opens a TCP listener on 127.0.0.1 inside the test's network
-// namespace (where the daemon runs): the socket keeps the namespace it was
+// namespace (where the daemon runs); addr is e.g. "127.0.0.1:0": the socket keeps the namespace it was
 // made in, whichever thread serves it later.
-func listenInNetns(t *testing.T, ns string) net.Listener {
+func listenInNetns(t *testing.T, ns, addr string) net.Listener {
 	t.Helper()
 	runtime.LockOSThread()
 	orig, err := os.Open("/proc/thread-self/ns/net")
@@ -54,7 +54,7 @@ func listenInNetns(t *testing.T, ns string) net.Listener {
 		runtime.UnlockOSThread()
 		t.Fatal(err)
 	}
-	ln, lerr := net.Listen("tcp", "127.0.0.1:0")
+	ln, lerr := net.Listen("tcp", addr)
 	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
 		// This thread is stuck in the wrong namespace: leave it locked so
 		// the runtime drops it when the goroutine ends.
@@ -78,7 +78,7 @@ func startRegistry(t *testing.T) e2eRegistry {
 	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	push := httptest.NewServer(h)
 	t.Cleanup(push.Close)
-	ln := listenInNetns(t, E.ns)
+	ln := listenInNetns(t, E.ns, "127.0.0.1:0")
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })

@@ -81,7 +81,7 @@ func TestWorkspace(t *testing.T) {
 	must(t, "vm", "create", "--name", name)
 	guestSync := "/root/" + filepath.Base(syncDir)
 	// Copied at start, modes preserved, the secret 0600.
-	if out := must(t, "vm", "exec", name, "--", "sh", "-c", "stat -c '%a %n' "+guestSync+"/*; cat "+guestSync+"/tool.conf"); out != fmt.Sprintf("640 %s/tool.conf\n600 %s/token\nsetting=1\n", guestSync, guestSync) {
+	if out := must(t, "vm", "exec", name, "--", "sh", "-c", "stat -c '%a %n' "+guestSync+"/*; cat "+guestSync+"/tool.conf"); out != fmt.Sprintf("600 %s/token\n640 %s/tool.conf\nsetting=1\n", guestSync, guestSync) {
 		t.Errorf("files synced at start: %q", out)
 	}
 
