@@ -4,4 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
-go test -tags e2e -count=1 -run '^$' -bench "${1:-.}" -benchtime 1x -timeout 60m -v ./test/e2e/
+what="${1:-.}"
+go test -tags e2e -count=1 -run '^$' -bench "$what" -benchtime 1x -timeout 60m -v ./test/e2e/
+# Image pull vs `crane export | tar` + mkfs.ext4, on the e2e rootfs cache as one layer.
+if [[ "Pull" =~ $what ]]; then
+  cache="${BANGER_E2E_CACHE:-/var/cache/banger-e2e}"
+  rootfs=$(ls -d "$cache"/rootfs-* 2>/dev/null | grep -v '\.' | head -1 || true)
+  if [ -n "$rootfs" ]; then
+    tarf="$cache/bench-rootfs.tar"
+    [ -s "$tarf" ] || tar --numeric-owner --xattrs -C "$rootfs" -cf "$tarf" .
+    BANGER_BENCH_ROOTFS_TAR="$tarf" go test -count=1 -run '^$' -bench Pull -benchtime 1x -v ./internal/image/
+  fi
+fi

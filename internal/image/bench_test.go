@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -19,12 +20,13 @@ import (
 	"github.com/banger-dev/banger/internal/system"
 )
 
-// TestPullBenchmark compares banger's pull (download, flatten, Customize,
+// BenchmarkPull compares banger's pull (download, flatten, Customize,
 // mkfs.ext4 -d) with what `crane export | tar -x` + `mkfs.ext4 -d` does
 // (go-containerregistry's mutate.Extract piped into GNU tar), on the same
 // image from the same loopback registry, in the same run. Opt in with
-// BANGER_BENCH_ROOTFS_TAR=/path/to/rootfs.tar (~150-200 MB).
-func TestPullBenchmark(t *testing.T) {
+// BANGER_BENCH_ROOTFS_TAR=/path/to/rootfs.tar (~150-200 MB); scripts/bench.sh
+// makes one from the e2e rootfs cache. Reports medians and their ratio.
+func BenchmarkPull(t *testing.B) {
 	src := os.Getenv("BANGER_BENCH_ROOTFS_TAR")
 	if src == "" {
 		t.Skip("set BANGER_BENCH_ROOTFS_TAR to a rootfs tarball")
@@ -42,7 +44,8 @@ func TestPullBenchmark(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	for round := range 2 {
+	var oursS, theirsS []float64
+	for round := range 2 * t.N {
 		b := pullBuilder(t)
 		t0 := time.Now()
 		if _, err := b.Pull(ctx, PullOptions{Ref: ref, Insecure: true}, nil); err != nil {
@@ -72,5 +75,16 @@ func TestPullBenchmark(t *testing.T) {
 		}
 		theirs := time.Since(t0)
 		t.Logf("round %d: banger pull %.2fs, crane-export|tar+mkfs %.2fs, ratio %.2f", round+1, ours.Seconds(), theirs.Seconds(), ours.Seconds()/theirs.Seconds())
+		oursS, theirsS = append(oursS, ours.Seconds()), append(theirsS, theirs.Seconds())
 	}
+	mo, mt := medianOf(oursS), medianOf(theirsS)
+	t.ReportMetric(mo, "banger_pull_s")
+	t.ReportMetric(mt, "export_tar_mkfs_s")
+	t.ReportMetric(mo/mt, "banger/baseline")
+}
+
+func medianOf(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	slices.Sort(s)
+	return s[len(s)/2]
 }

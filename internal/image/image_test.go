@@ -17,7 +17,7 @@ import (
 	"github.com/banger-dev/banger/internal/system"
 )
 
-func needTools(t *testing.T, tools ...string) {
+func needTools(t testing.TB, tools ...string) {
 	t.Helper()
 	for _, b := range tools {
 		if _, err := system.LookPath(b); err != nil {
@@ -26,7 +26,7 @@ func needTools(t *testing.T, tools ...string) {
 	}
 }
 
-func needRoot(t *testing.T) {
+func needRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (real file owners)")

@@ -163,7 +163,7 @@ func mustRef(t testing.TB, s string) name.Reference {
 	return ref
 }
 
-func pullBuilder(t *testing.T) *Builder {
+func pullBuilder(t testing.TB) *Builder {
 	t.Helper()
 	return &Builder{Runner: system.Exec{}, Layout: paths.Layout{Root: t.TempDir()}}
 }
