@@ -158,6 +158,13 @@ type DaemonStatus struct {
 	VMs       int       `json:"vms"`
 	Running   int       `json:"running"`
 	Accel     string    `json:"accel"`
+	TapPool   []PoolTap `json:"tap_pool,omitempty"` // pooled TAPs that exist now
+}
+
+// PoolTap is one pooled TAP and the VM whose row holds it ("" when idle).
+type PoolTap struct {
+	Name string `json:"name"`
+	VM   string `json:"vm,omitempty"`
 }
 
 type DoctorCheck struct {

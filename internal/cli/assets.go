@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -166,6 +167,16 @@ func (a *app) daemonCmd() *cobra.Command {
 			}
 			fmt.Fprintf(a.stdout, "bangerd running: pid %d, uid %d, %s, accel %s\nstate dir %s\nvms %d (%d running)\n",
 				st.PID, st.UID, st.Version, st.Accel, st.StateDir, st.VMs, st.Running)
+			if len(st.TapPool) > 0 {
+				var taps []string
+				for _, p := range st.TapPool {
+					if p.VM == "" {
+						p.VM = "idle"
+					}
+					taps = append(taps, p.Name+"="+p.VM)
+				}
+				fmt.Fprintf(a.stdout, "tap pool %s\n", strings.Join(taps, " "))
+			}
 			return nil
 		},
 	}

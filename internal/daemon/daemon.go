@@ -476,8 +476,12 @@ func (dm *Daemon) status(ctx context.Context, c *rpc.Call) (any, error) {
 			running++
 		}
 	}
+	pool, err := dm.d.VMs.Pool(ctx)
+	if err != nil { // informational only: status is also the CLI's liveness probe
+		dm.d.Log.WarnContext(ctx, "list tap pool", "err", err)
+	}
 	return api.DaemonStatus{PID: os.Getpid(), UID: os.Getuid(), StateDir: dm.d.Layout.Root, Socket: dm.d.Layout.Socket(),
-		Version: Version, StartedAt: dm.started, VMs: len(vms), Running: running, Accel: dm.d.Accel()}, nil
+		Version: Version, StartedAt: dm.started, VMs: len(vms), Running: running, Accel: dm.d.Accel(), TapPool: pool}, nil
 }
 
 func (dm *Daemon) stop(ctx context.Context, c *rpc.Call) (any, error) {

@@ -52,15 +52,20 @@ func (s *Service) start(ctx context.Context, v *store.VM, bootTimeout time.Durat
 			if err := s.d.Net.EnsureBridge(ctx); err != nil {
 				return err
 			}
-			if err := s.d.Net.CreateTap(ctx, v.Tap, s.d.UID); err != nil {
+			if err := s.acquireTap(ctx, v); err != nil {
 				return err
 			}
+			h.Tap, spec.Tap = v.Tap, v.Tap
 			// A reused IP may have a stale neighbour entry with an old MAC.
 			if ip, err := netip.ParseAddr(v.GuestIP); err == nil {
 				_ = s.d.Net.FlushNeigh(ctx, ip)
 			}
 			return nil
-		}, undo: func(ctx context.Context) error { return s.d.Net.DeleteTap(ctx, v.Tap) }},
+		}, undo: func(ctx context.Context) error {
+			// The nat undo (which runs first) removed the TAP's rules; the
+			// failure path persists the cleared claim.
+			return s.releaseTap(ctx, v)
+		}},
 		{name: "nat", do: func(ctx context.Context) error { return s.applyFirewall(ctx, *v) },
 			undo: func(ctx context.Context) error { return s.removeFirewall(ctx, *v) }},
 		{name: "vmm_launch", do: func(ctx context.Context) error {
@@ -236,12 +241,11 @@ func (s *Service) teardown(ctx context.Context, v *store.VM, state, lastErr stri
 			errs = append(errs, err)
 		}
 	}
-	if v.Tap != "" {
-		if err := s.d.Net.DeleteTap(uctx, v.Tap); err != nil {
-			errs = append(errs, fmt.Errorf("delete tap %s: %w", v.Tap, err))
-		}
-	}
+	// Rules first, then the TAP back to the pool; the row keeps naming the
+	// TAP (the claim) unless both succeeded, so a retry finds it.
 	if err := s.removeFirewall(uctx, *v); err != nil {
+		errs = append(errs, err)
+	} else if err := s.releaseTap(uctx, v); err != nil {
 		errs = append(errs, err)
 	}
 	s.setHandle(v.ID, nil)

@@ -93,8 +93,13 @@ func (s *Service) reconcileNet(ctx context.Context) error {
 			}
 		}
 		if v.Tap != "" {
-			if err := s.d.Net.DeleteTap(ctx, v.Tap); err != nil {
-				errs = append(errs, fmt.Errorf("vm %q: delete tap: %w", v.Name, err))
+			// A claim left by a daemon killed mid-start or mid-teardown.
+			if err := s.removeFirewall(ctx, v); err != nil {
+				errs = append(errs, fmt.Errorf("vm %q: %w", v.Name, err))
+			} else if err := s.releaseTap(ctx, &v); err != nil {
+				errs = append(errs, fmt.Errorf("vm %q: %w", v.Name, err))
+			} else if err := s.d.Store.UpdateVM(ctx, &v); err != nil {
+				errs = append(errs, fmt.Errorf("vm %q: %w", v.Name, err))
 			}
 		}
 	}
@@ -102,6 +107,9 @@ func (s *Service) reconcileNet(ctx context.Context) error {
 		if err := s.d.Firewall.Prune(ctx, keep); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := s.trimPool(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("tap pool: %w", err))
 	}
 	return errors.Join(errs...)
 }

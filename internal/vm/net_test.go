@@ -168,6 +168,10 @@ func TestReconcilePrunesStaleRules(t *testing.T) {
 	}
 	// A daemon killed mid-start: a stopped row whose TAP and rules exist,
 	// and rules of a VM whose row is gone.
+	s.Tap = hostnet.PoolTapName(7)
+	if err := f.st.UpdateVM(ctx, &s); err != nil {
+		t.Fatal(err)
+	}
 	_ = f.deps.Net.CreateTap(ctx, s.Tap, 0)
 	_ = fw.Apply(ctx, hostnet.VMNet{ID: s.ID, Tap: s.Tap})
 	_ = fw.Apply(ctx, hostnet.VMNet{ID: "ghost", Tap: "bgr-ghost"})

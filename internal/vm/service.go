@@ -64,6 +64,10 @@ type Network interface {
 	CreateTap(ctx context.Context, name string, uid int) error
 	DeleteTap(ctx context.Context, name string) error
 	FlushNeigh(ctx context.Context, ip netip.Addr) error
+	// PoolTaps lists the pooled TAPs (hostnet.PoolTapName) that exist.
+	PoolTaps(ctx context.Context) ([]string, error)
+	// ReleaseTap returns a TAP to the pool (kept on the bridge, down).
+	ReleaseTap(ctx context.Context, name string) error
 }
 
 // Guest reaches into running VMs (internal/guest.Pool in production).
@@ -109,6 +113,7 @@ type Service struct {
 	locks   map[string]*sync.Mutex // per-VM operation lock, by id
 	handles map[string]*Handles    // what is true now, by id
 	stopped map[string]bool        // VMs we are stopping on purpose (monitor must not flag them)
+	poolMu  sync.Mutex             // serialises TAP pool acquire/release (see tappool.go)
 }
 
 // New returns the service. Call Reconcile before serving requests.
@@ -241,7 +246,7 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 	v := store.VM{
 		ID: id, Name: p.Name, Image: img.Name, Kernel: kern.Name, VCPU: p.VCPU, MemoryMiB: p.MemoryMiB,
 		DiskBytes: max(rootSize, img.SizeBytes), WorkDiskBytes: workSize, State: StateCreating,
-		Dir: s.d.Layout.VM(id), Tap: hostnet.TapName(id),
+		Dir: s.d.Layout.VM(id), // Tap: acquired from the pool at each start
 	}
 	// The IP is allocated and the row inserted under the service lock so two
 	// concurrent creates never get the same address.

@@ -20,6 +20,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/disk"
 	"github.com/banger-dev/banger/internal/guest"
+	"github.com/banger-dev/banger/internal/hostnet"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/store"
 	"github.com/banger-dev/banger/internal/system"
@@ -31,8 +32,8 @@ import (
 type host struct {
 	mu      sync.Mutex
 	nextPID int
-	procs   map[int]string // alive pid → VM dir
-	taps    map[string]bool
+	procs   map[int]string  // alive pid → VM dir
+	taps    map[string]bool // TAP name → up (in use); down TAPs are idle in the pool
 	bridge  bool
 	ready   map[string]error // by VM id; missing = ready
 	execs   []string
@@ -46,11 +47,25 @@ func (h *host) String() string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var taps []string
+	for t, up := range h.taps {
+		if up {
+			taps = append(taps, t)
+		}
+	}
+	sort.Strings(taps)
+	return fmt.Sprintf("procs=%d taps=%v", len(h.procs), taps)
+}
+
+// pool lists every TAP that exists, up or down.
+func (h *host) pool() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var taps []string
 	for t := range h.taps {
 		taps = append(taps, t)
 	}
 	sort.Strings(taps)
-	return fmt.Sprintf("procs=%d taps=%v", len(h.procs), taps)
+	return taps
 }
 
 // Driver side.
@@ -118,6 +133,30 @@ func (n fakeNet) DeleteTap(ctx context.Context, name string) error {
 	return nil
 }
 func (n fakeNet) FlushNeigh(ctx context.Context, ip netip.Addr) error { return nil }
+func (n fakeNet) PoolTaps(ctx context.Context) ([]string, error) {
+	n.h.mu.Lock()
+	defer n.h.mu.Unlock()
+	var out []string
+	for t := range n.h.taps {
+		if _, ok := hostnet.PoolTapIndex(t); ok {
+			out = append(out, t)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, _ := hostnet.PoolTapIndex(out[i])
+		b, _ := hostnet.PoolTapIndex(out[j])
+		return a < b
+	})
+	return out, nil
+}
+func (n fakeNet) ReleaseTap(ctx context.Context, name string) error {
+	n.h.mu.Lock()
+	defer n.h.mu.Unlock()
+	if _, ok := n.h.taps[name]; ok {
+		n.h.taps[name] = false
+	}
+	return nil
+}
 
 // Guest side.
 type fakeGuest struct{ h *host }

@@ -228,11 +228,8 @@ func assertGone(t *testing.T, v vmView) {
 			t.Errorf("a process still references %s: %s", v.Dir, out)
 		}
 	}
-	if v.Tap != "" {
-		if out, err := run("ip", "-n", E.ns, "link", "show", v.Tap); err == nil {
-			t.Errorf("tap %s still exists: %s", v.Tap, out)
-		}
-	}
+	// Its TAP is deleted or back in the pool (idle: down, no rules).
+	assertTapReleased(t, v.Tap, v.Name)
 	kh, _ := os.ReadFile(filepath.Join(E.stateDir, "ssh", "known_hosts"))
 	if v.GuestIP != "" && strings.Contains(string(kh), v.GuestIP+" ") {
 		t.Errorf("known_hosts still pins %s:\n%s", v.GuestIP, kh)

@@ -183,6 +183,10 @@ func TestVMMKilled(t *testing.T) {
 	deleteOnCleanup(t, "crash")
 	must(t, "vm", "create", "--name", "crash")
 	v := showVM(t, "crash")
+	tap := v.Tap
+	if tap == "" {
+		t.Fatalf("running vm shows no tap: %+v", v)
+	}
 	if err := syscall.Kill(v.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -200,9 +204,10 @@ func TestVMMKilled(t *testing.T) {
 	if v.State != "stopped" && v.State != "error" {
 		t.Fatalf("state after vmm kill = %s", v.State)
 	}
-	if out, err := run("ip", "-n", E.ns, "link", "show", v.Tap); err == nil {
-		t.Errorf("tap left after vmm death: %s", out)
+	if v.Tap != "" {
+		t.Errorf("row still claims tap %s after vmm death", v.Tap)
 	}
+	assertTapReleased(t, tap, "crash") // deleted or idle in the pool
 	must(t, "vm", "start", "crash")
 	if out := must(t, "vm", "ssh", "crash", "--", "echo back"); out != "back\n" {
 		t.Fatalf("after restart: %q", out)

@@ -68,7 +68,11 @@ func netState(t *testing.T) string {
 	var names []string
 	for _, l := range strings.Split(strings.TrimSpace(links), "\n") {
 		if f := strings.Fields(l); len(f) > 1 {
-			names = append(names, strings.TrimSuffix(f[1], ":"))
+			name := strings.TrimSuffix(f[1], ":")
+			if strings.HasPrefix(name, poolTapPrefix) {
+				continue // idle pooled TAPs may stay; assertNetState checks them
+			}
+			names = append(names, name)
 		}
 	}
 	// IPv4 routes (IPv6 link-local ones come and go with DAD on the test's
@@ -83,6 +87,7 @@ func assertNetState(t *testing.T, want, when string) {
 	if got := netState(t); got != want {
 		t.Errorf("%s: host network differs from before the test\ngot:\n%s\nwant:\n%s", when, got, want)
 	}
+	assertPoolIdle(t)
 }
 
 // remoteTopology makes a namespace that is reachable from the daemon's
