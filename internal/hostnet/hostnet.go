@@ -188,24 +188,35 @@ func setupTap(name string, uid int) error {
 	return nil
 }
 
-// DeleteTap removes the TAP; a missing one is success. Interfaces that are
-// not TAPs are left alone.
-func (m *Manager) DeleteTap(ctx context.Context, name string) error {
+// ownTap looks up a banger TAP by name for verb ("delete", "release"): nil
+// when it does not exist; an interface that is not a TAP is refused, so
+// banger never acts on a link it does not own.
+func ownTap(ctx context.Context, name, verb string) (netlink.Link, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return nil, err
 	}
 	if err := ValidTapName(name); err != nil {
-		return err
+		return nil, err
 	}
 	link, err := netlink.LinkByName(name)
 	if isNotFound(err) {
-		return nil
+		return nil, nil
 	}
 	if err != nil {
-		return fmt.Errorf("tap %s: %w", name, err)
+		return nil, fmt.Errorf("tap %s: %w", name, err)
 	}
 	if tt, ok := link.(*netlink.Tuntap); !ok || tt.Mode != netlink.TUNTAP_MODE_TAP {
-		return fmt.Errorf("tap %s: refusing to delete a %s: %w", name, link.Type(), api.ErrInvalid)
+		return nil, fmt.Errorf("tap %s: refusing to %s a %s: %w", name, verb, link.Type(), api.ErrInvalid)
+	}
+	return link, nil
+}
+
+// DeleteTap removes the TAP; a missing one is success. Interfaces that are
+// not TAPs are left alone.
+func (m *Manager) DeleteTap(ctx context.Context, name string) error {
+	link, err := ownTap(ctx, name, "delete")
+	if err != nil || link == nil {
+		return err
 	}
 	if err := netlink.LinkDel(link); err != nil && !isNotFound(err) {
 		return fmt.Errorf("tap %s: delete: %w", name, err)

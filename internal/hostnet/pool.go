@@ -8,8 +8,6 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
-
-	"github.com/banger-dev/banger/internal/api"
 )
 
 // PoolTapPrefix names banger's pooled TAPs: bgr-p0, bgr-p1, ... They are
@@ -68,21 +66,9 @@ func (m *Manager) PoolTaps(ctx context.Context) ([]string, error) {
 // down, which also drops the bridge's learned addresses for that port. A
 // missing TAP is success; an interface that is not a TAP is left alone.
 func (m *Manager) ReleaseTap(ctx context.Context, name string) error {
-	if err := ctx.Err(); err != nil {
+	link, err := ownTap(ctx, name, "release")
+	if err != nil || link == nil {
 		return err
-	}
-	if err := ValidTapName(name); err != nil {
-		return err
-	}
-	link, err := netlink.LinkByName(name)
-	if isNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("tap %s: %w", name, err)
-	}
-	if tt, ok := link.(*netlink.Tuntap); !ok || tt.Mode != netlink.TUNTAP_MODE_TAP {
-		return fmt.Errorf("tap %s: refusing to release a %s: %w", name, link.Type(), api.ErrInvalid)
 	}
 	if err := netlink.LinkSetDown(link); err != nil && !isNotFound(err) {
 		return fmt.Errorf("tap %s: down: %w", name, err)
