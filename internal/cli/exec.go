@@ -225,7 +225,7 @@ func (a *app) vmRunCmd() *cobra.Command {
 				if rm {
 					a.cleanupRun(p.Name)
 				}
-				return err
+				return codeErr(0, err) // banger's failure, not the command's: 125
 			}
 			ep := commandParams(p.Name, args)
 			if wsRepo != "" {
