@@ -1,0 +1,456 @@
+// Package firecracker drives the Firecracker VMM through its HTTP API on a
+// unix socket: the process is launched bare, then configured (machine,
+// boot source, drives, NIC, vsock) and started with InstanceStart.
+//
+// Guest requirements differ from QEMU's: Firecracker boots an uncompressed
+// ELF vmlinux (not a bzImage) and registers its virtio-mmio devices with the
+// guest kernel itself, so the kernel needs CONFIG_VIRTIO_MMIO but not the
+// virtio_mmio.device= command-line discovery Debian's kernels lack. The
+// virtio_blk/virtio_net/vsock drivers must be built in or be among the
+// modules banger's initramfs loads. No disk is marked as the root device:
+// banger's initramfs finds its disks by label and content.
+//
+// This driver is contract-tested against Firecracker's published Swagger
+// spec (testdata/) but has not booted a guest under a real Firecracker.
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/vmm"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultBinary is the Firecracker binary looked up on PATH.
+const DefaultBinary = "firecracker"
+
+// Files the driver owns inside Spec.Dir. Firecracker has no pid file of its
+// own; the driver writes one after launching it.
+const (
+	APISocket   = "fc.sock"
+	VsockSocket = "fc-vsock.sock"
+)
+
+// Launch timeouts; the VMM itself is never bound to a context.
+const (
+	socketTimeout = 10 * time.Second
+	pollInterval  = 20 * time.Millisecond
+	consoleTail   = 2048
+)
+
+// Limits on a Spec, from the API spec (vcpu_count 1..32) and the kernel.
+const (
+	maxVCPU       = 32
+	minMemoryMiB  = 32
+	maxMemoryMiB  = 1 << 20
+	maxDisks      = 16
+	maxCmdline    = 2047
+	maxSocketPath = 107 // sun_path is 108 bytes including the NUL
+)
+
+var (
+	idRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	tapRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$`)
+)
+
+// Driver is the Firecracker vmm.Driver.
+type Driver struct {
+	Runner system.Runner
+	Log    *slog.Logger
+	Binary string // default firecracker
+	// VsockCID, when non-zero (>= 3), adds a vsock device whose host side is
+	// <Dir>/fc-vsock.sock. Firecracker's vsock is backed by unix sockets, so
+	// the CID is only seen by the guest and need not be unique on the host.
+	VsockCID uint32
+
+	lookPath func(string) (string, error) // seam for tests; nil = system.LookPath
+}
+
+var _ vmm.Driver = (*Driver)(nil)
+
+// New returns a driver using r to run Firecracker.
+func New(r system.Runner, log *slog.Logger) *Driver {
+	return &Driver{Runner: r, Log: log, Binary: DefaultBinary}
+}
+
+func (d *Driver) Name() string { return "firecracker" }
+
+func (d *Driver) log() *slog.Logger {
+	if d.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return d.Log
+}
+
+// Available reports whether the Firecracker binary is on this host, for
+// doctor-style checks; the error wraps vmm.ErrNoVMM.
+func (d *Driver) Available() (string, error) { return d.binary() }
+
+func (d *Driver) binary() (string, error) {
+	name := d.Binary
+	if name == "" {
+		name = DefaultBinary
+	}
+	look := d.lookPath
+	if look == nil {
+		look = system.LookPath
+	}
+	p, err := look(name)
+	if err != nil {
+		return "", fmt.Errorf("%w: %s: %v", vmm.ErrNoVMM, name, err)
+	}
+	return p, nil
+}
+
+type files struct{ sock, vsock, pid, console string }
+
+func vmFiles(dir string) files {
+	return files{
+		sock:    filepath.Join(dir, APISocket),
+		vsock:   filepath.Join(dir, VsockSocket),
+		pid:     filepath.Join(dir, paths.VMPIDFile),
+		console: filepath.Join(dir, paths.VMConsoleLog),
+	}
+}
+
+// Start launches Firecracker for s, configures it over the API and starts the
+// guest. Any failure after the launch kills the process.
+func (d *Driver) Start(ctx context.Context, s vmm.Spec) (int, error) {
+	if err := d.validate(s); err != nil {
+		return 0, err
+	}
+	bin, err := d.binary()
+	if err != nil {
+		return 0, err
+	}
+	if pid, ok := d.Find(s); ok {
+		return 0, fmt.Errorf("vm %s: vmm already running (pid %d): %w", s.ID, pid, api.ErrBusy)
+	}
+	for _, p := range []string{s.Kernel, s.Initrd} {
+		if p == "" {
+			continue
+		}
+		if _, err := os.Stat(p); err != nil {
+			return 0, fmt.Errorf("vm %s: %w: %w", s.ID, err, api.ErrNotFound)
+		}
+	}
+	for _, dk := range s.Disks {
+		if _, err := os.Stat(dk.Path); err != nil {
+			return 0, fmt.Errorf("vm %s: disk: %w: %w", s.ID, err, api.ErrNotFound)
+		}
+	}
+	f := vmFiles(s.Dir)
+	if err := prepareFiles(f, s.UID, s.GID); err != nil {
+		return 0, fmt.Errorf("vm %s: %w", s.ID, err)
+	}
+	started := time.Now()
+	pid, err := d.Runner.Start(ctx, system.ProcSpec{
+		Path:   bin,
+		Args:   []string{"--api-sock", f.sock},
+		Dir:    s.Dir,
+		Stdout: f.console,
+		UID:    s.UID,
+		GID:    s.GID,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("vm %s: start firecracker: %w", s.ID, err)
+	}
+	if err := d.bringUp(ctx, pid, s, f); err != nil {
+		// A half-configured VMM must not outlive the failed launch.
+		_ = vmm.KillProcess(pid)
+		_ = os.Remove(f.pid)
+		return 0, fmt.Errorf("vm %s: %w", s.ID, err)
+	}
+	d.log().Info("firecracker started", "vm", s.ID, "pid", pid,
+		"elapsed_ms", time.Since(started).Milliseconds())
+	return pid, nil
+}
+
+func (d *Driver) bringUp(ctx context.Context, pid int, s vmm.Spec, f files) error {
+	if err := writePIDFile(f.pid, pid); err != nil {
+		return err
+	}
+	c := NewClient(f.sock)
+	defer c.Close()
+	if err := waitAPI(ctx, c, pid, f); err != nil {
+		return err
+	}
+	for _, step := range d.config(s, f) {
+		if !vmm.ProcessAlive(pid) {
+			return died(f)
+		}
+		if err := step(ctx, c); err != nil {
+			if !vmm.ProcessAlive(pid) {
+				return died(f)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+type step func(context.Context, *Client) error
+
+// config is the ordered list of API calls that configures and boots s.
+func (d *Driver) config(s vmm.Spec, f files) []step {
+	steps := []step{
+		func(ctx context.Context, c *Client) error {
+			return c.PutMachineConfig(ctx, MachineConfiguration{VCPUCount: s.VCPU, MemSizeMiB: s.MemoryMiB})
+		},
+		func(ctx context.Context, c *Client) error {
+			return c.PutBootSource(ctx, BootSource{
+				KernelImagePath: s.Kernel, InitrdPath: s.Initrd, BootArgs: bootArgs(s.Cmdline),
+			})
+		},
+	}
+	for i, dk := range s.Disks {
+		drive := Drive{
+			DriveID:    "d" + strconv.Itoa(i),
+			PathOnHost: dk.Path,
+			IsReadOnly: dk.ReadOnly,
+			// Honour the guest's flushes, like QEMU's cache=writeback.
+			CacheType: CacheWriteback,
+		}
+		steps = append(steps, func(ctx context.Context, c *Client) error { return c.PutDrive(ctx, drive) })
+	}
+	if s.Tap != "" {
+		mac, _ := net.ParseMAC(s.MAC) // validated
+		nic := NetworkInterface{IfaceID: "n0", HostDevName: s.Tap, GuestMAC: mac.String()}
+		steps = append(steps, func(ctx context.Context, c *Client) error { return c.PutNetworkInterface(ctx, nic) })
+	}
+	if d.VsockCID != 0 {
+		v := Vsock{GuestCID: d.VsockCID, UDSPath: f.vsock}
+		steps = append(steps, func(ctx context.Context, c *Client) error { return c.PutVsock(ctx, v) })
+	}
+	return append(steps, func(ctx context.Context, c *Client) error {
+		return c.Action(ctx, ActionInstanceStart)
+	})
+}
+
+// bootArgs appends what Firecracker guests need unless the caller set it:
+// reboot=k makes a guest reboot end the VMM (there is no reset), panic=1
+// turns a panic into that reboot, pci=off skips probing a bus that is not
+// there.
+func bootArgs(base string) string {
+	c := strings.TrimSpace(base)
+	for _, kv := range []string{"reboot=k", "panic=1", "pci=off"} {
+		key := kv[:strings.IndexByte(kv, '=')+1]
+		if !hasParam(c, key) {
+			c = strings.TrimSpace(c + " " + kv)
+		}
+	}
+	return c
+}
+
+func hasParam(cmdline, key string) bool {
+	for _, f := range strings.Fields(cmdline) {
+		if strings.HasPrefix(f, key) {
+			return true
+		}
+	}
+	return false
+}
+
+// waitAPI polls GET / until the API answers.
+func waitAPI(ctx context.Context, c *Client, pid int, f files) error {
+	ctx, cancel := context.WithTimeout(ctx, socketTimeout)
+	defer cancel()
+	var lastErr error
+	for {
+		if !vmm.ProcessAlive(pid) {
+			return died(f)
+		}
+		_, lastErr = os.Stat(f.sock)
+		if lastErr == nil {
+			if _, lastErr = c.InstanceInfo(ctx); lastErr == nil {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if !vmm.ProcessAlive(pid) {
+				return died(f)
+			}
+			return fmt.Errorf("firecracker api not ready: %w (last: %v)", ctx.Err(), lastErr)
+		case <-time.After(pollInterval):
+		}
+	}
+}
+
+func died(f files) error {
+	t := vmm.TailFile(f.console, consoleTail)
+	if t == "" {
+		t = "(empty)"
+	}
+	return fmt.Errorf("firecracker exited during start; console: %s", t)
+}
+
+// prepareFiles clears what a previous run left (Firecracker refuses to bind
+// an existing socket path) and creates an empty console log the VMM user may
+// append to.
+func prepareFiles(f files, uid, gid int) error {
+	for _, p := range []string{f.sock, f.vsock, f.pid} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove stale %s: %w", p, err)
+		}
+	}
+	fd, err := os.OpenFile(f.console, os.O_CREATE|os.O_WRONLY|os.O_TRUNC|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return fmt.Errorf("console log: %w", err)
+	}
+	defer fd.Close()
+	if uid != 0 && os.Geteuid() == 0 {
+		if err := fd.Chown(uid, gid); err != nil {
+			return fmt.Errorf("console log: %w", err)
+		}
+	}
+	return nil
+}
+
+// writePIDFile writes pid atomically (temp file + rename), so Find never
+// reads half a number.
+func writePIDFile(path string, pid int) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".vmm.pid-*")
+	if err != nil {
+		return fmt.Errorf("pid file: %w", err)
+	}
+	_, werr := tmp.WriteString(strconv.Itoa(pid) + "\n")
+	cerr := tmp.Close()
+	if err := errors.Join(werr, cerr); err != nil {
+		_ = os.Remove(tmp.Name())
+		return fmt.Errorf("pid file: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		_ = os.Remove(tmp.Name())
+		return fmt.Errorf("pid file: %w", err)
+	}
+	return nil
+}
+
+// Find rediscovers the Firecracker of s: the pid file first, then a /proc
+// scan; the process must carry "--api-sock <Dir>/fc.sock" in its arguments.
+func (d *Driver) Find(s vmm.Spec) (int, bool) {
+	if checkPath("dir", s.Dir, true) != nil {
+		return 0, false
+	}
+	f := vmFiles(s.Dir)
+	return vmm.FindProcess(f.pid, func(args []string) bool {
+		return vmm.HasArgPair(args, "--api-sock", f.sock)
+	})
+}
+
+// Shutdown sends SIGTERM: Firecracker exits at once; its block devices write
+// straight to the backing files, so nothing is lost that the guest synced.
+// Callers sync the guest first.
+func (d *Driver) Shutdown(ctx context.Context, pid int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return vmm.TerminateProcess(pid)
+}
+
+func (d *Driver) Kill(pid int) error { return vmm.KillProcess(pid) }
+
+func (d *Driver) Alive(pid int) bool { return vmm.ProcessAlive(pid) }
+
+func invalid(format string, a ...any) error {
+	return fmt.Errorf("firecracker spec: "+format+": %w", append(a, api.ErrInvalid)...)
+}
+
+func (d *Driver) validate(s vmm.Spec) error {
+	if !idRE.MatchString(s.ID) {
+		return invalid("bad vm id %q", s.ID)
+	}
+	if err := checkPath("dir", s.Dir, true); err != nil {
+		return err
+	}
+	f := vmFiles(s.Dir)
+	if n := len(f.sock); n > maxSocketPath {
+		return invalid("vm dir %q too long for a unix socket path (%d > %d)", s.Dir, n, maxSocketPath)
+	}
+	if n := len(f.vsock) + len("_4294967295"); d.VsockCID != 0 && n > maxSocketPath {
+		return invalid("vm dir %q too long for the vsock socket paths", s.Dir)
+	}
+	if d.VsockCID != 0 && d.VsockCID < 3 {
+		return invalid("vsock cid %d (want >= 3)", d.VsockCID)
+	}
+	if s.VCPU < 1 || s.VCPU > maxVCPU {
+		return invalid("vcpu %d out of range 1..%d", s.VCPU, maxVCPU)
+	}
+	if s.MemoryMiB < minMemoryMiB || s.MemoryMiB > maxMemoryMiB {
+		return invalid("memory %d MiB out of range %d..%d", s.MemoryMiB, minMemoryMiB, maxMemoryMiB)
+	}
+	if err := checkPath("kernel", s.Kernel, true); err != nil {
+		return err
+	}
+	if err := checkPath("initrd", s.Initrd, false); err != nil {
+		return err
+	}
+	if strings.ContainsRune(s.Cmdline, 0) || strings.ContainsAny(s.Cmdline, "\n\r") {
+		return invalid("kernel command line contains control characters")
+	}
+	if n := len(bootArgs(s.Cmdline)); n > maxCmdline {
+		return invalid("kernel command line too long (%d > %d)", n, maxCmdline)
+	}
+	if len(s.Disks) > maxDisks {
+		return invalid("%d disks, at most %d", len(s.Disks), maxDisks)
+	}
+	for i, dk := range s.Disks {
+		if err := checkPath(fmt.Sprintf("disk %d", i), dk.Path, true); err != nil {
+			return err
+		}
+		switch dk.Format {
+		case "", "raw":
+		default:
+			return invalid("disk %d: format %q (firecracker takes raw images only)", i, dk.Format)
+		}
+	}
+	if (s.Tap == "") != (s.MAC == "") {
+		return invalid("tap and mac must be given together")
+	}
+	if s.Tap != "" {
+		if !tapRE.MatchString(s.Tap) {
+			return invalid("bad tap name %q", s.Tap)
+		}
+		mac, err := net.ParseMAC(s.MAC)
+		if err != nil || len(mac) != 6 {
+			return invalid("bad mac %q", s.MAC)
+		}
+		if mac[0]&1 != 0 {
+			return invalid("mac %q is multicast", s.MAC)
+		}
+	}
+	if s.UID < 0 || s.GID < 0 {
+		return invalid("negative uid/gid")
+	}
+	return nil
+}
+
+func checkPath(what, p string, required bool) error {
+	if p == "" {
+		if required {
+			return invalid("%s path is empty", what)
+		}
+		return nil
+	}
+	if strings.ContainsRune(p, 0) || strings.ContainsAny(p, "\n\r") {
+		return invalid("%s path contains control characters", what)
+	}
+	if !filepath.IsAbs(p) {
+		return invalid("%s path %q is not absolute", what, p)
+	}
+	return nil
+}
