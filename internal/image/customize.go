@@ -58,6 +58,14 @@ Before=shutdown.target
 ExecStartPre=
 `
 
+// sshNoRexec makes sshd serve each connection in a fork instead of re-exec'ing
+// itself: one slow exec and dynamic link less per connection under TCG
+// (~0.4 s off the first one). Only for an OpenSSH at /usr/sbin/sshd that
+// still has -r, i.e. one without the sshd-session helper of 9.8+.
+const sshNoRexec = `ExecStart=
+ExecStart=/usr/sbin/sshd -D -r $SSHD_OPTS
+`
+
 const fstab = `# Written by banger. There is no udev in the guest: /init mounts the root file
 # system (rw) and the work disk at /root before systemd starts, so nothing is
 # listed here and systemd waits on no device unit.
@@ -102,6 +110,10 @@ var maskedUnits = []string{
 	"systemd-ask-password-console.path", "systemd-ask-password-wall.path",
 	// The initramfs loads every module the guest needs; the root has none.
 	"modprobe@.service", "systemd-modules-load.service", "kmod-static-nodes.service",
+	// Each of these runs beside sshd at boot and costs 0.5-1 s of guest CPU
+	// under TCG: devtmpfs already has the device nodes; the kernel seeds its
+	// own RNG; the sysctl defaults only matter to unprivileged users.
+	"systemd-tmpfiles-setup-dev.service", "systemd-random-seed.service", "systemd-sysctl.service",
 }
 
 // generatorDirs hold programs systemd execs at every boot and daemon-reload;
@@ -185,9 +197,21 @@ func (c customizer) ssh() error {
 	case err != nil:
 		return err
 	case !bytes.Contains(main, []byte("sshd_config.d/")):
-		return c.writeFile("etc/ssh/sshd_config", append([]byte("Include /etc/ssh/sshd_config.d/*.conf\n"), main...), 0o644)
+		if err := c.writeFile("etc/ssh/sshd_config", append([]byte("Include /etc/ssh/sshd_config.d/*.conf\n"), main...), 0o644); err != nil {
+			return err
+		}
 	}
-	return c.writeFile(sshServiceDrop, []byte(sshServiceConfig), 0o644)
+	unit := sshServiceConfig
+	if c.exists("usr/sbin/sshd") && !c.exists("usr/lib/openssh/sshd-session") && !c.exists("usr/libexec/openssh/sshd-session") && !c.exists("usr/libexec/sshd-session") {
+		unit += sshNoRexec
+	}
+	return c.writeFile(sshServiceDrop, []byte(unit), 0o644)
+}
+
+// exists reports whether name is in the tree (a dangling symlink counts).
+func (c customizer) exists(name string) bool {
+	_, err := c.root.Lstat(name)
+	return err == nil
 }
 
 func (c customizer) units() error {

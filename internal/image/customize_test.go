@@ -179,10 +179,13 @@ etc/systemd/system/systemd-machine-id-commit.service -> /dev/null
 etc/systemd/system/systemd-modules-load.service -> /dev/null
 etc/systemd/system/systemd-networkd-wait-online.service -> /dev/null
 etc/systemd/system/systemd-pstore.service -> /dev/null
+etc/systemd/system/systemd-random-seed.service -> /dev/null
 etc/systemd/system/systemd-remount-fs.service -> /dev/null
+etc/systemd/system/systemd-sysctl.service -> /dev/null
 etc/systemd/system/systemd-sysusers.service -> /dev/null
 etc/systemd/system/systemd-timesyncd.service -> /dev/null
 etc/systemd/system/systemd-tmpfiles-clean.timer -> /dev/null
+etc/systemd/system/systemd-tmpfiles-setup-dev.service -> /dev/null
 etc/systemd/system/systemd-update-done.service -> /dev/null
 etc/systemd/system/systemd-update-utmp-runlevel.service -> /dev/null
 etc/systemd/system/systemd-update-utmp.service -> /dev/null
@@ -267,6 +270,10 @@ func TestCustomizeAddsInclude(t *testing.T) {
 	if string(b) != "Include /etc/ssh/sshd_config.d/*.conf\nUsePAM yes\n" {
 		t.Fatalf("sshd_config:\n%s", b)
 	}
+	// Adding the Include must not skip the ssh.service drop-in.
+	if _, err := os.Stat(filepath.Join(root, sshServiceDrop)); err != nil {
+		t.Fatalf("ssh.service drop-in missing after adding the Include: %v", err)
+	}
 	if _, err := os.Lstat(filepath.Join(root, AgentGuestPath)); !os.IsNotExist(err) {
 		t.Fatalf("agent installed without an agent path: %v", err)
 	}
@@ -292,5 +299,34 @@ func TestCustomizeErrors(t *testing.T) {
 	writeTree(t, root, map[string]string{"etc/fstab/": ""})
 	if err := Customize(root, ""); err == nil {
 		t.Error("customize over a directory etc/fstab succeeded")
+	}
+}
+
+func TestCustomizeSSHNoRexec(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		files map[string]string
+		want  bool
+	}{
+		{"no sshd", map[string]string{}, false},
+		{"openssh 9.2", map[string]string{"usr/sbin/sshd": "ELF"}, true},
+		{"openssh 9.8+", map[string]string{"usr/sbin/sshd": "ELF", "usr/lib/openssh/sshd-session": "ELF"}, false},
+		{"openssh 9.8+ libexec", map[string]string{"usr/sbin/sshd": "ELF", "usr/libexec/openssh/sshd-session": "ELF"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			writeTree(t, root, tc.files)
+			if err := Customize(root, ""); err != nil {
+				t.Fatal(err)
+			}
+			b, err := os.ReadFile(filepath.Join(root, sshServiceDrop))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := strings.Contains(string(b), "\nExecStart=\nExecStart=/usr/sbin/sshd -D -r $SSHD_OPTS\n")
+			if got != tc.want {
+				t.Errorf("-r override: %v, want %v:\n%s", got, tc.want, b)
+			}
+		})
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -100,15 +101,20 @@ type listener struct {
 	*net.UnixListener
 	path string
 	fi   fs.FileInfo
+
+	closeOnce sync.Once // concurrent Close calls all wait for the unlink
+	closeErr  error
 }
 
 func (l *listener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "unix"} }
 
 func (l *listener) Close() error {
-	err := l.UnixListener.Close()
-	// Only remove the path if it is still our socket, not a successor's.
-	if cur, serr := os.Lstat(l.path); serr == nil && os.SameFile(cur, l.fi) {
-		_ = os.Remove(l.path)
-	}
-	return err
+	l.closeOnce.Do(func() {
+		l.closeErr = l.UnixListener.Close()
+		// Only remove the path if it is still our socket, not a successor's.
+		if cur, serr := os.Lstat(l.path); serr == nil && os.SameFile(cur, l.fi) {
+			_ = os.Remove(l.path)
+		}
+	})
+	return l.closeErr
 }

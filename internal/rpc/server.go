@@ -93,6 +93,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	// Close here too, synchronously: Serve returns only once the socket is
+	// closed and unlinked, whichever of the two Close calls ran first.
+	defer ln.Close()
 
 	var backoff time.Duration
 	for {
