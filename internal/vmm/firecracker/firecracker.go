@@ -22,7 +22,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -58,12 +57,7 @@ const (
 	maxMemoryMiB  = 1 << 20
 	maxDisks      = 16
 	maxCmdline    = 2047
-	maxSocketPath = 107 // sun_path is 108 bytes including the NUL
-)
-
-var (
-	idRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-	tapRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$`)
+	maxSocketPath = vmm.MaxSocketPath
 )
 
 // Driver is the Firecracker vmm.Driver.
@@ -366,15 +360,13 @@ func (d *Driver) Kill(pid int) error { return vmm.KillProcess(pid) }
 
 func (d *Driver) Alive(pid int) bool { return vmm.ProcessAlive(pid) }
 
-func invalid(format string, a ...any) error {
-	return fmt.Errorf("firecracker spec: "+format+": %w", append(a, api.ErrInvalid)...)
-}
+func invalid(format string, a ...any) error { return vmm.Invalid("firecracker", format, a...) }
+
+var limits = vmm.Limits{MaxVCPU: maxVCPU, MinMemoryMiB: minMemoryMiB, MaxMemoryMiB: maxMemoryMiB,
+	MaxDisks: maxDisks, MaxCmdline: maxCmdline, Formats: []string{"raw"}} // firecracker takes raw images only
 
 func (d *Driver) validate(s vmm.Spec) error {
-	if !idRE.MatchString(s.ID) {
-		return invalid("bad vm id %q", s.ID)
-	}
-	if err := checkPath("dir", s.Dir, true); err != nil {
+	if err := vmm.Validate("firecracker", s, bootArgs(s.Cmdline), limits); err != nil {
 		return err
 	}
 	f := vmFiles(s.Dir)
@@ -387,70 +379,9 @@ func (d *Driver) validate(s vmm.Spec) error {
 	if d.VsockCID != 0 && d.VsockCID < 3 {
 		return invalid("vsock cid %d (want >= 3)", d.VsockCID)
 	}
-	if s.VCPU < 1 || s.VCPU > maxVCPU {
-		return invalid("vcpu %d out of range 1..%d", s.VCPU, maxVCPU)
-	}
-	if s.MemoryMiB < minMemoryMiB || s.MemoryMiB > maxMemoryMiB {
-		return invalid("memory %d MiB out of range %d..%d", s.MemoryMiB, minMemoryMiB, maxMemoryMiB)
-	}
-	if err := checkPath("kernel", s.Kernel, true); err != nil {
-		return err
-	}
-	if err := checkPath("initrd", s.Initrd, false); err != nil {
-		return err
-	}
-	if strings.ContainsRune(s.Cmdline, 0) || strings.ContainsAny(s.Cmdline, "\n\r") {
-		return invalid("kernel command line contains control characters")
-	}
-	if n := len(bootArgs(s.Cmdline)); n > maxCmdline {
-		return invalid("kernel command line too long (%d > %d)", n, maxCmdline)
-	}
-	if len(s.Disks) > maxDisks {
-		return invalid("%d disks, at most %d", len(s.Disks), maxDisks)
-	}
-	for i, dk := range s.Disks {
-		if err := checkPath(fmt.Sprintf("disk %d", i), dk.Path, true); err != nil {
-			return err
-		}
-		switch dk.Format {
-		case "", "raw":
-		default:
-			return invalid("disk %d: format %q (firecracker takes raw images only)", i, dk.Format)
-		}
-	}
-	if (s.Tap == "") != (s.MAC == "") {
-		return invalid("tap and mac must be given together")
-	}
-	if s.Tap != "" {
-		if !tapRE.MatchString(s.Tap) {
-			return invalid("bad tap name %q", s.Tap)
-		}
-		mac, err := net.ParseMAC(s.MAC)
-		if err != nil || len(mac) != 6 {
-			return invalid("bad mac %q", s.MAC)
-		}
-		if mac[0]&1 != 0 {
-			return invalid("mac %q is multicast", s.MAC)
-		}
-	}
-	if s.UID < 0 || s.GID < 0 {
-		return invalid("negative uid/gid")
-	}
 	return nil
 }
 
 func checkPath(what, p string, required bool) error {
-	if p == "" {
-		if required {
-			return invalid("%s path is empty", what)
-		}
-		return nil
-	}
-	if strings.ContainsRune(p, 0) || strings.ContainsAny(p, "\n\r") {
-		return invalid("%s path contains control characters", what)
-	}
-	if !filepath.IsAbs(p) {
-		return invalid("%s path %q is not absolute", what, p)
-	}
-	return nil
+	return vmm.CheckPath("firecracker", what, p, required)
 }

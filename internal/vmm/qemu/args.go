@@ -2,13 +2,10 @@ package qemu
 
 import (
 	"fmt"
-	"net"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 
-	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/vmm"
 )
@@ -21,12 +18,7 @@ const (
 	maxMemoryMiB  = 1 << 20
 	maxDisks      = 16
 	maxCmdline    = 2047 // x86 COMMAND_LINE_SIZE is 2048 including the NUL
-	maxSocketPath = 107  // sun_path is 108 bytes including the NUL
-)
-
-var (
-	idRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-	tapRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$`)
+	maxSocketPath = vmm.MaxSocketPath
 )
 
 // files are the per-VM paths the driver owns inside Spec.Dir.
@@ -40,86 +32,24 @@ func vmFiles(dir string) files {
 	}
 }
 
-func invalid(format string, a ...any) error {
-	return fmt.Errorf("qemu spec: "+format+": %w", append(a, api.ErrInvalid)...)
-}
+func invalid(format string, a ...any) error { return vmm.Invalid("qemu", format, a...) }
+
+var limits = vmm.Limits{MaxVCPU: maxVCPU, MinMemoryMiB: minMemoryMiB, MaxMemoryMiB: maxMemoryMiB,
+	MaxDisks: maxDisks, MaxCmdline: maxCmdline, Formats: []string{"raw", "qcow2"}}
 
 // validate rejects a Spec QEMU would misparse or that could smuggle options
 // into a comma-separated option string.
 func validate(s vmm.Spec) error {
-	if !idRE.MatchString(s.ID) {
-		return invalid("bad vm id %q", s.ID)
-	}
-	if err := checkPath("dir", s.Dir, true); err != nil {
+	if err := vmm.Validate("qemu", s, s.Cmdline, limits); err != nil {
 		return err
 	}
 	if n := len(vmFiles(s.Dir).qmp); n > maxSocketPath {
 		return invalid("vm dir %q too long for a unix socket path (%d > %d)", s.Dir, n, maxSocketPath)
 	}
-	if s.VCPU < 1 || s.VCPU > maxVCPU {
-		return invalid("vcpu %d out of range 1..%d", s.VCPU, maxVCPU)
-	}
-	if s.MemoryMiB < minMemoryMiB || s.MemoryMiB > maxMemoryMiB {
-		return invalid("memory %d MiB out of range %d..%d", s.MemoryMiB, minMemoryMiB, maxMemoryMiB)
-	}
-	if err := checkPath("kernel", s.Kernel, true); err != nil {
-		return err
-	}
-	if err := checkPath("initrd", s.Initrd, false); err != nil {
-		return err
-	}
-	if strings.ContainsRune(s.Cmdline, 0) || strings.ContainsAny(s.Cmdline, "\n\r") {
-		return invalid("kernel command line contains control characters")
-	}
-	if len(s.Disks) > maxDisks {
-		return invalid("%d disks, at most %d", len(s.Disks), maxDisks)
-	}
-	for i, d := range s.Disks {
-		if err := checkPath(fmt.Sprintf("disk %d", i), d.Path, true); err != nil {
-			return err
-		}
-		switch d.Format {
-		case "", "raw", "qcow2":
-		default:
-			return invalid("disk %d: format %q (want raw or qcow2)", i, d.Format)
-		}
-	}
-	if (s.Tap == "") != (s.MAC == "") {
-		return invalid("tap and mac must be given together")
-	}
-	if s.Tap != "" {
-		if !tapRE.MatchString(s.Tap) {
-			return invalid("bad tap name %q", s.Tap)
-		}
-		mac, err := net.ParseMAC(s.MAC)
-		if err != nil || len(mac) != 6 {
-			return invalid("bad mac %q", s.MAC)
-		}
-		if mac[0]&1 != 0 {
-			return invalid("mac %q is multicast", s.MAC)
-		}
-	}
-	if s.UID < 0 || s.GID < 0 {
-		return invalid("negative uid/gid")
-	}
 	return nil
 }
 
-func checkPath(what, p string, required bool) error {
-	if p == "" {
-		if required {
-			return invalid("%s path is empty", what)
-		}
-		return nil
-	}
-	if strings.ContainsRune(p, 0) || strings.ContainsAny(p, "\n\r") {
-		return invalid("%s path contains control characters", what)
-	}
-	if !filepath.IsAbs(p) {
-		return invalid("%s path %q is not absolute", what, p)
-	}
-	return nil
-}
+func checkPath(what, p string, required bool) error { return vmm.CheckPath("qemu", what, p, required) }
 
 // optEsc escapes a value inside a QEMU comma-separated option string: a
 // literal comma is written twice.
