@@ -143,17 +143,27 @@ func (i *Importer) ImportFiles(ctx context.Context, name string, spec FilesSpec,
 	if err := writeMeta(out, info); err != nil {
 		return Info{}, err
 	}
-	if err := ctx.Err(); err != nil {
+	if err := commit(ctx, out, dest, name); err != nil {
 		return Info{}, err
-	}
-	if err := os.Rename(out, dest); err != nil {
-		if errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST) {
-			return Info{}, fmt.Errorf("kernel %q: %w", name, api.ErrExists)
-		}
-		return Info{}, fmt.Errorf("store kernel %q: %w", name, err)
 	}
 	i.log().InfoContext(ctx, "kernel imported", "name", name, "version", version, "source", source, "modules", len(mods))
 	return info, nil
+}
+
+// commit moves a fully built kernel dir into place. rename(2) of a directory
+// onto an existing non-empty one fails, so a concurrent import of the same
+// name loses cleanly here.
+func commit(ctx context.Context, out, dest, name string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := os.Rename(out, dest); err != nil {
+		if errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST) {
+			return fmt.Errorf("kernel %q: %w", name, api.ErrExists)
+		}
+		return fmt.Errorf("store kernel %q: %w", name, err)
+	}
+	return nil
 }
 
 func writeMeta(dir string, info Info) error {

@@ -21,7 +21,6 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/banger-dev/banger/internal/agentinit"
@@ -213,23 +212,11 @@ func (i *Importer) ImportDeb(ctx context.Context, name, debPath string, progress
 	if hasVmlinux {
 		info.Vmlinux = filepath.Join(dest, VmlinuxFile)
 	}
-	meta, err := json.MarshalIndent(info, "", "  ")
-	if err != nil {
+	if err := writeMeta(out, info); err != nil {
 		return Info{}, err
 	}
-	if err := os.WriteFile(filepath.Join(out, paths.KernelMeta), append(meta, '\n'), 0o644); err != nil {
+	if err := commit(ctx, out, dest, name); err != nil {
 		return Info{}, err
-	}
-	if err := ctx.Err(); err != nil {
-		return Info{}, err
-	}
-	// rename(2) of a directory onto an existing non-empty one fails, so a
-	// concurrent import of the same name loses cleanly here.
-	if err := os.Rename(out, dest); err != nil {
-		if errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST) {
-			return Info{}, fmt.Errorf("kernel %q: %w", name, api.ErrExists)
-		}
-		return Info{}, fmt.Errorf("store kernel %q: %w", name, err)
 	}
 	i.log().InfoContext(ctx, "kernel imported", "name", name, "version", version, "modules", len(mods))
 	return info, nil

@@ -3,6 +3,7 @@ package vmm
 import (
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -106,6 +107,25 @@ func CheckPath(driver, what, p string, required bool) error {
 	}
 	if !filepath.IsAbs(p) {
 		return Invalid(driver, "%s path %q is not absolute", what, p)
+	}
+	return nil
+}
+
+// CheckFiles reports a missing kernel, initrd or disk before a VMM is
+// launched, as api.ErrNotFound, instead of a VMM that dies at once.
+func CheckFiles(s Spec) error {
+	for _, p := range []string{s.Kernel, s.Initrd} {
+		if p == "" {
+			continue
+		}
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("vm %s: %w: %w", s.ID, err, api.ErrNotFound)
+		}
+	}
+	for _, dk := range s.Disks {
+		if _, err := os.Stat(dk.Path); err != nil {
+			return fmt.Errorf("vm %s: disk: %w: %w", s.ID, err, api.ErrNotFound)
+		}
 	}
 	return nil
 }

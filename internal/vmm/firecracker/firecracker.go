@@ -133,18 +133,8 @@ func (d *Driver) Start(ctx context.Context, s vmm.Spec) (int, error) {
 	if pid, ok := d.Find(s); ok {
 		return 0, fmt.Errorf("vm %s: vmm already running (pid %d): %w", s.ID, pid, api.ErrBusy)
 	}
-	for _, p := range []string{s.Kernel, s.Initrd} {
-		if p == "" {
-			continue
-		}
-		if _, err := os.Stat(p); err != nil {
-			return 0, fmt.Errorf("vm %s: %w: %w", s.ID, err, api.ErrNotFound)
-		}
-	}
-	for _, dk := range s.Disks {
-		if _, err := os.Stat(dk.Path); err != nil {
-			return 0, fmt.Errorf("vm %s: disk: %w: %w", s.ID, err, api.ErrNotFound)
-		}
+	if err := vmm.CheckFiles(s); err != nil {
+		return 0, err
 	}
 	f := vmFiles(s.Dir)
 	if err := prepareFiles(f, s.UID, s.GID); err != nil {
