@@ -9,7 +9,11 @@ go test -tags e2e -count=1 -run '^$' -bench "$what" -benchtime 1x -timeout 60m -
 # Image pull vs `crane export | tar` + mkfs.ext4, on the e2e rootfs cache as one layer.
 if [[ "Pull" =~ $what ]]; then
   cache="${BANGER_E2E_CACHE:-/var/cache/banger-e2e}"
-  rootfs=$(ls -d "$cache"/rootfs-* 2>/dev/null | grep -v '\.' | head -1 || true)
+  rootfs=""
+  for d in "$cache"/rootfs-*; do
+    # The rootfs trees have no dot in their name; lock and temp files do.
+    if [ -d "$d" ] && [[ "$(basename "$d")" != *.* ]]; then rootfs="$d"; break; fi
+  done
   if [ -n "$rootfs" ]; then
     tarf="$cache/bench-rootfs.tar"
     [ -s "$tarf" ] || tar --numeric-owner --xattrs -C "$rootfs" -cf "$tarf" .

@@ -3,7 +3,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs iproute2 nftables dpkg-dev apt-utils cpio
-      xfsprogs kmod ca-certificates git xz-utils zstd openssh-client)
+      xfsprogs kmod ca-certificates git xz-utils zstd lz4 openssh-client procps shellcheck)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
