@@ -63,8 +63,8 @@ func TestLifecycle(t *testing.T) {
 	if v := showVM(t, "dev"); v.State != "stopped" {
 		t.Fatalf("after stop: state %s", v.State)
 	}
-	if out, err := run("pgrep", "-f", v.Dir); err == nil {
-		t.Fatalf("vmm still running after stop: %s", out)
+	if procs := procsReferencing(t, v.Dir); len(procs) > 0 {
+		t.Fatalf("vmm still running after stop: %s", strings.Join(procs, "; "))
 	}
 	r = E.bangerRes("vm", "ssh", "dev", "--", "true")
 	if r.code == 0 || !strings.Contains(r.stderr, "not_running") {
