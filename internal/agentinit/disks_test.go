@@ -10,13 +10,12 @@ import (
 	"testing"
 
 	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/testenv"
 )
 
 func mkfsExt4(t *testing.T, path, label string) {
 	t.Helper()
-	if _, err := system.LookPath("mkfs.ext4"); err != nil {
-		t.Skip("mkfs.ext4 not installed")
-	}
+	testenv.RequireTools(t, "mkfs.ext4")
 	args := []string{"-q", "-F"}
 	if label != "" {
 		args = append(args, "-L", label)

@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"net"
 	"net/netip"
-	"os"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/banger-dev/banger/internal/testenv"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -18,9 +18,7 @@ import (
 // TestConfigureNet configures a dummy eth0 inside a network namespace the
 // test creates, and reads the result back as text.
 func TestConfigureNet(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
+	testenv.RequireRoot(t)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
@@ -30,7 +28,7 @@ func TestConfigureNet(t *testing.T) {
 	defer orig.Close()
 	ns, err := netns.New() // also switches this thread into it
 	if err != nil {
-		t.Skipf("new netns: %v", err)
+		testenv.Missing(t, "new netns: %v", err)
 	}
 	defer func() {
 		netns.Set(orig)

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/testenv"
 )
 
 // makeSparse writes a size-byte file that is all hole except the given chunks.
@@ -159,13 +160,13 @@ func TestCloneKeepsHoles(t *testing.T) {
 func TestCloneAcrossFileSystems(t *testing.T) {
 	shm, err := os.MkdirTemp("/dev/shm", "banger-disk-test-")
 	if err != nil {
-		t.Skipf("no /dev/shm: %v", err)
+		testenv.Missing(t, "no /dev/shm: %v", err)
 	}
 	t.Cleanup(func() { os.RemoveAll(shm) })
 	var a, b unix.Statfs_t
 	dir := t.TempDir()
 	if unix.Statfs(shm, &a) != nil || unix.Statfs(dir, &b) != nil || a.Type == b.Type {
-		t.Skip("test dir and /dev/shm are the same file system type")
+		testenv.Missing(t, "test dir and /dev/shm are the same file system type")
 	}
 	src, dst := filepath.Join(shm, "src.img"), filepath.Join(dir, "dst.img")
 	makeSparse(t, src, 256<<20, map[int64][]byte{
@@ -242,14 +243,8 @@ func TestCloneFailureLeavesNothing(t *testing.T) {
 
 // TestCloneReflinkXFS clones on a real reflink-capable XFS (loop device).
 func TestCloneReflinkXFS(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for losetup and mount")
-	}
-	for _, b := range []string{"mkfs.xfs", "losetup", "mount", "umount"} {
-		if _, err := system.LookPath(b); err != nil {
-			t.Skipf("%s not available", b)
-		}
-	}
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, "mkfs.xfs", "losetup", "mount", "umount")
 	ctx := context.Background()
 	r := system.Exec{}
 	dir := t.TempDir()
@@ -261,11 +256,11 @@ func TestCloneReflinkXFS(t *testing.T) {
 		t.Fatal(err)
 	}
 	if out, err := r.Run(ctx, "mkfs.xfs", "-q", "-m", "reflink=1", backing); err != nil {
-		t.Skipf("mkfs.xfs: %v %s", err, out)
+		testenv.Missing(t, "mkfs.xfs: %v %s", err, out)
 	}
 	out, err := r.Run(ctx, "losetup", "--find", "--show", backing)
 	if err != nil {
-		t.Skipf("losetup: %v", err)
+		testenv.Missing(t, "losetup: %v", err)
 	}
 	loop := string(bytes.TrimSpace(out))
 	t.Cleanup(func() { r.Run(context.Background(), "losetup", "-d", loop) })
@@ -274,7 +269,7 @@ func TestCloneReflinkXFS(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := r.Run(ctx, "mount", "-t", "xfs", loop, mnt); err != nil {
-		t.Skipf("mount xfs: %v", err)
+		testenv.Missing(t, "mount xfs: %v", err)
 	}
 	// Registered after losetup's cleanup, so it runs first.
 	t.Cleanup(func() { r.Run(context.Background(), "umount", mnt) })

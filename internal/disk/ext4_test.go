@@ -13,15 +13,12 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/testenv"
 )
 
 func needTools(t *testing.T, tools ...string) {
 	t.Helper()
-	for _, b := range tools {
-		if _, err := system.LookPath(b); err != nil {
-			t.Skipf("%s not available", b)
-		}
-	}
+	testenv.RequireTools(t, tools...)
 }
 
 // superblock returns dumpe2fs -h fields.
