@@ -93,12 +93,8 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	}
 	f.Close()
 
-	db, err := sql.Open("sqlite", dsn(abs))
+	db, err := openDB(ctx, abs)
 	if err != nil {
-		return nil, fmt.Errorf("open store %s: %w", abs, err)
-	}
-	if err := db.PingContext(ctx); err != nil {
-		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", abs, err)
 	}
 	if err := migrate(ctx, db, -1); err != nil {
@@ -107,6 +103,37 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	}
 	return &Store{db: db, now: time.Now}, nil
 }
+
+// openDB opens and pings the database. Switching a new file to WAL takes an
+// exclusive lock that SQLite's busy handler does not wait for, so processes
+// opening a fresh store at once get SQLITE_BUSY from the first statement;
+// that one case is retried until busyTimeout.
+func openDB(ctx context.Context, abs string) (*sql.DB, error) {
+	deadline := time.Now().Add(busyTimeout)
+	for {
+		db, err := sql.Open("sqlite", dsn(abs))
+		if err != nil {
+			return nil, err
+		}
+		err = db.PingContext(ctx)
+		if err == nil {
+			return db, nil
+		}
+		db.Close()
+		var se *sqlite.Error
+		if !errors.As(err, &se) || se.Code()&0xff != sqliteBusy || time.Now().After(deadline) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// sqliteBusy is SQLITE_BUSY, the primary result code (extended codes keep it in the low byte).
+const sqliteBusy = 5
 
 // dsn builds a URI whose pragmas apply to every pooled connection: WAL so
 // readers never block the writer, busy_timeout so concurrent writers wait
