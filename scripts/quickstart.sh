@@ -11,6 +11,9 @@ export PATH="$PATH:/usr/local/go/bin"
 scripts/install-deps.sh
 scripts/build.sh
 export BANGER_STATE_DIR="${BANGER_STATE_DIR:-/var/lib/banger-quickstart}"
+# All-in-one mode: banger, bangerd and the VMs as root (split mode, the
+# daemon as your user with a root helper, is in the README).
+export BANGER_ALLOW_ROOT=1
 bin=$PWD/bin
 # Downloads (apt-get, mmdebstrap) need the host's network, so kernel import and
 # image build run with a daemon in the host namespace; that daemon creates no

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -24,6 +25,7 @@ import (
 	"github.com/banger-dev/banger/internal/kernel"
 	"github.com/banger-dev/banger/internal/opid"
 	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/privileged"
 	"github.com/banger-dev/banger/internal/rpc"
 	"github.com/banger-dev/banger/internal/store"
 	"github.com/banger-dev/banger/internal/system"
@@ -56,6 +58,9 @@ func run() error {
 	subnet := flag.String("subnet", envOr("BANGER_SUBNET", "172.30.0.0/24"), "guest subnet (env BANGER_SUBNET)")
 	accel := flag.String("accel", envOr("BANGER_ACCEL", ""), "force the QEMU accelerator: kvm or tcg (env BANGER_ACCEL; default: probe)")
 	debug := flag.Bool("debug", os.Getenv("BANGER_DEBUG") != "", "debug logging")
+	helper := flag.String("helper", os.Getenv("BANGER_HELPER"),
+		"privileged helper socket (env BANGER_HELPER; default: in-process when running as root, else "+privileged.DefaultSocket+")")
+	logFile := flag.String("log-file", "", "log to this file, rotated at 10 MiB with 3 old files kept, with stdout and stderr (default: stderr)")
 	flag.Parse()
 	layout = paths.Layout{Root: *stateDir}
 	if err := layout.Ensure(); err != nil {
@@ -69,7 +74,6 @@ func run() error {
 	if *debug {
 		level = slog.LevelDebug
 	}
-	log := slog.New(opid.Handler(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 
 	// One daemon per state dir: hold an exclusive lock on the pid file.
 	pidf, err := os.OpenFile(layout.PID(), os.O_CREATE|os.O_RDWR, 0o600)
@@ -80,6 +84,17 @@ func run() error {
 	if err := unix.Flock(int(pidf.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		return fmt.Errorf("another bangerd holds %s: %w", layout.PID(), err)
 	}
+	// Only the lock holder rotates the log.
+	logOut := io.Writer(os.Stderr)
+	if *logFile != "" {
+		w, err := openDaemonLog(*logFile, 1, 2)
+		if err != nil {
+			return err
+		}
+		defer w.Close()
+		logOut = w
+	}
+	log := slog.New(opid.Handler(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: level})))
 	_ = pidf.Truncate(0)
 	_, _ = pidf.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 
@@ -103,8 +118,8 @@ func run() error {
 	default:
 		return fmt.Errorf("--accel %q: want kvm or tcg", *accel)
 	}
-	netm := &hostnet.Manager{Log: log, Cfg: hostnet.Config{Bridge: *bridge, Subnet: prefix}}
-	fw := &hostnet.Firewall{Log: log, Cfg: netm.Cfg}
+	netCfg := hostnet.Config{Bridge: *bridge, Subnet: prefix}
+	priv := newPrivileged(log, runner, netCfg, *helper)
 	signer, err := guest.EnsureClientKey(layout.ClientKey())
 	if err != nil {
 		return err
@@ -115,12 +130,17 @@ func run() error {
 	}
 	pool := guest.NewPool(log, signer, kh)
 	defer pool.Close()
+	afterStep, err := failpoint(os.Getenv(envFailpoint), log, killSelf)
+	if err != nil {
+		return err
+	}
 	var wss *workspace.Service // file sync runs after every boot; built below, it needs vms
-	vms := vm.New(vm.Deps{Log: log, Layout: layout, Store: st, Runner: runner, Driver: drv, Net: netm,
-		Subnet: netm.Cfg.Subnet, Gateway: netm.Cfg.Gateway(),
+	vms := vm.New(vm.Deps{Log: log, Layout: layout, Store: st, Runner: runner, Driver: drv, Net: priv,
+		Subnet: netCfg.Subnet, Gateway: netCfg.Gateway(),
 		SSH: pool, KnownHosts: kh, ClientKey: signer.PublicKey(), UID: os.Getuid(), GID: os.Getgid(),
-		Firewall:   fw,
-		AfterStart: func(ctx context.Context, v store.VM) { wss.AfterStart(ctx, v) }})
+		Firewall:   priv,
+		AfterStart: func(ctx context.Context, v store.VM) { wss.AfterStart(ctx, v) },
+		AfterStep:  afterStep})
 	home, _ := os.UserHomeDir()
 	wss = workspace.New(workspace.Deps{Log: log, Store: st, VMs: vms, Runner: runner, Tmp: layout.Tmp(),
 		Home: home, SyncConfig: layout.SyncConfig()})
@@ -129,10 +149,11 @@ func run() error {
 		log.Warn("banger-agent not found next to bangerd or on PATH; kernel import and image build will fail", "err", err)
 	}
 	doc := &doctor.Checker{Runner: runner, Layout: layout, Store: st, LookPath: system.LookPath,
-		Accel: func(ctx context.Context) (string, string) { a, why := drv.ProbeAccel(ctx); return string(a), why }}
+		Accel:      func(ctx context.Context) (string, string) { a, why := drv.ProbeAccel(ctx); return string(a), why },
+		Privileged: func(ctx context.Context) (bool, string) { return privilegedStatus(ctx, priv) }}
 
 	srv := rpc.NewServer(log, os.Getuid())
-	daemon.Register(srv, daemon.Deps{
+	dm := daemon.Register(srv, daemon.Deps{
 		Log: log, Layout: layout, Store: st, VMs: vms, Workspaces: wss,
 		Kernels:  &kernel.Importer{Runner: runner, Layout: layout, Log: log, AgentPath: agent},
 		Images:   &image.Builder{Runner: runner, Layout: layout, Log: log, AgentPath: agent},
@@ -144,15 +165,15 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	// Staging trees of image builds/pulls a crash interrupted.
-	if gone, err := image.RemoveStaleStaging(layout); err != nil || len(gone) > 0 {
-		log.Info("stale image staging removed", "dirs", gone, "err", err)
+	// Staging trees and half-committed images/kernels a crash left.
+	if err := dm.ReconcileArtifacts(ctx); err != nil {
+		log.Error("reconcile images and kernels", "err", err)
 	}
 	// Reconcile before serving: adopt live VMMs, tear down dead ones.
 	if err := vms.Reconcile(ctx); err != nil {
 		log.Error("reconcile", "err", err)
 	}
-	stopNet := startNetServices(ctx, log, runner, netm, vms)
+	stopNet := startNetServices(ctx, log, priv, netCfg, vms)
 	defer stopNet()
 	log.Info("bangerd listening", "socket", layout.Socket(), "pid", os.Getpid(), "state_dir", layout.Root)
 	err = srv.Serve(ctx, ln)

@@ -2,14 +2,17 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"log/slog"
 	"net"
 	"os"
+	"sync"
+	"time"
 
 	"github.com/banger-dev/banger/internal/hostnet"
+	"github.com/banger-dev/banger/internal/privileged"
 	"github.com/banger-dev/banger/internal/system"
-	"golang.org/x/sys/unix"
 )
 
 var (
@@ -19,10 +22,30 @@ var (
 		"forward names outside .vm to this resolver host:port (env BANGER_DNS_UPSTREAM; default: refuse them)")
 )
 
+// newPrivileged picks the one Privileged the daemon talks to: the helper's
+// socket when one is named or when bangerd is not root, else in-process
+// (the all-in-one mode). Nothing is dialled here: a daemon that only
+// downloads or builds works without a helper; the first network verb fails
+// with how to start one.
+func newPrivileged(log *slog.Logger, runner system.Runner, cfg hostnet.Config, helper string) privileged.Privileged {
+	if helper == "" && os.Geteuid() == 0 {
+		log.Info("privileged operations in-process (bangerd runs as root)")
+		return privileged.NewLocal(log, runner, cfg)
+	}
+	if helper == "" {
+		helper = privileged.DefaultSocket
+	}
+	log.Info("privileged operations through the helper", "socket", helper)
+	return &privileged.Client{Path: helper}
+}
+
 // startNetServices starts the .vm DNS server and, on a host whose own
 // network namespace runs systemd-resolved, routes ~vm to it over the bridge
-// link. It returns the undo, run at shutdown.
-func startNetServices(ctx context.Context, log *slog.Logger, runner system.Runner, netm *hostnet.Manager, r hostnet.VMResolver) func() {
+// link. Port 53 comes from the privileged side; when the helper is not up
+// yet (an owner's daemon auto-started before `banger system helper`), it is
+// asked again every few seconds until it answers. It returns the undo, run
+// at shutdown.
+func startNetServices(ctx context.Context, log *slog.Logger, priv privileged.Privileged, cfg hostnet.Config, r hostnet.VMResolver) func() {
 	// The bridge appears with the first VM start (the DNS socket binds with
 	// IP_FREEBIND before its address exists), so a daemon used only for
 	// downloads or image builds never touches the host's links.
@@ -30,66 +53,92 @@ func startNetServices(ctx context.Context, log *slog.Logger, runner system.Runne
 	if addr == "off" {
 		return func() {}
 	}
-	gw := netm.Cfg.Gateway()
-	if addr == "" {
-		addr = net.JoinHostPort(gw.String(), "53")
-	}
-	srv := &hostnet.DNSServer{Log: log, Addr: addr, Resolver: r, Upstream: *dnsUpstreamFlag}
-	if err := srv.Start(ctx); err != nil {
-		log.Warn("dns server not started; <name>.vm will not resolve", "err", err)
-		return func() {}
-	}
-	undo := []func(){func() { _ = srv.Close() }}
-	bridge := netm.Cfg.Bridge
-	if bridge == "" {
-		bridge = hostnet.DefaultBridge
-	}
-	if routeResolved(ctx, log, runner, netm, bridge, gw.String()) {
-		undo = append(undo, func() {
-			if out, err := runner.Run(context.Background(), "resolvectl", "revert", bridge); err != nil {
-				log.Warn("resolvectl revert", "link", bridge, "err", err, "out", string(out))
+	var (
+		mu   sync.Mutex
+		undo []func()
+	)
+	start := func(ctx context.Context) error {
+		srv := &hostnet.DNSServer{Log: log, Addr: addr, Resolver: r, Upstream: *dnsUpstreamFlag}
+		if addr == "" {
+			srv.Addr = net.JoinHostPort(cfg.Gateway().String(), "53")
+			conns, err := priv.ListenDNS(ctx)
+			if err != nil {
+				return err
 			}
-		})
+			srv.Conns = conns
+		}
+		if err := srv.Start(ctx); err != nil {
+			return err
+		}
+		mu.Lock()
+		undo = append(undo, func() { _ = srv.Close() })
+		mu.Unlock()
+		routed, err := priv.RouteDNS(ctx)
+		if err != nil {
+			log.Warn("resolved routing failed; add the resolver by hand (see README)", "err", err)
+		}
+		if routed {
+			mu.Lock()
+			undo = append(undo, func() {
+				if err := priv.RevertDNS(context.Background()); err != nil {
+					log.Warn("resolved routing revert", "err", err)
+				}
+			})
+			mu.Unlock()
+		}
+		return nil
+	}
+	done := make(chan struct{})
+	rctx, cancel := context.WithCancel(ctx)
+	err := start(rctx)
+	switch {
+	case err == nil:
+		close(done)
+	case errors.Is(err, privileged.ErrUnreachable):
+		log.Warn("dns server waits for the privileged helper; <name>.vm resolves once it answers", "err", err)
+		go func() {
+			defer close(done)
+			t := time.NewTicker(3 * time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-rctx.Done():
+					return
+				case <-t.C:
+				}
+				err := start(rctx)
+				if err == nil {
+					return
+				}
+				if !errors.Is(err, privileged.ErrUnreachable) {
+					log.Warn("dns server not started; <name>.vm will not resolve", "err", err)
+					return
+				}
+			}
+		}()
+	default:
+		close(done)
+		log.Warn("dns server not started; <name>.vm will not resolve", "err", err)
 	}
 	return func() {
+		cancel()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
 		for i := len(undo) - 1; i >= 0; i-- {
 			undo[i]()
 		}
 	}
 }
 
-// routeResolved tells systemd-resolved to send *.vm queries for the bridge
-// link to banger's server. Only when the daemon runs in the host's own
-// network namespace (never from a test's namespace, whose bridge the host
-// resolver cannot see) and resolved is running.
-func routeResolved(ctx context.Context, log *slog.Logger, runner system.Runner, netm *hostnet.Manager, bridge, gw string) bool {
-	if !inInitNetNS() {
-		return false
+// privilegedStatus is doctor's view of the Privileged in use.
+func privilegedStatus(ctx context.Context, priv privileged.Privileged) (bool, string) {
+	c, ok := priv.(*privileged.Client)
+	if !ok {
+		return true, "running as root: privileged operations in-process (all-in-one mode)"
 	}
-	if _, err := os.Stat("/run/systemd/resolve/io.systemd.Resolve"); err != nil {
-		return false
+	if _, err := c.PoolTaps(ctx); err != nil {
+		return false, err.Error()
 	}
-	if _, err := system.LookPath("resolvectl"); err != nil {
-		return false
-	}
-	if err := netm.EnsureBridge(ctx); err != nil {
-		log.Warn("resolved routing: bridge", "err", err)
-		return false
-	}
-	for _, args := range [][]string{{"dns", bridge, gw}, {"domain", bridge, "~" + hostnet.DNSZone}} {
-		if out, err := runner.Run(ctx, "resolvectl", args...); err != nil {
-			log.Warn("resolved routing failed; add the resolver by hand (see README)", "err", err, "out", string(out))
-			return false
-		}
-	}
-	log.Info("systemd-resolved routes ~vm to banger", "link", bridge, "dns", gw)
-	return true
-}
-
-func inInitNetNS() bool {
-	var self, init unix.Stat_t
-	if unix.Stat("/proc/self/ns/net", &self) != nil || unix.Stat("/proc/1/ns/net", &init) != nil {
-		return false
-	}
-	return self.Ino == init.Ino && self.Dev == init.Dev
+	return true, "helper at " + c.Path + " answers"
 }

@@ -5,7 +5,8 @@ package api
 const MethodKernelPull = "kernel.pull"
 
 type KernelPullParams struct {
-	Entry   string `json:"entry"`          // catalog entry name, e.g. generic-6.1
-	Name    string `json:"name,omitempty"` // local kernel name; default: the entry's
-	Catalog string `json:"catalog"`        // catalog URL (http or https)
+	Entry    string `json:"entry"`              // catalog entry name, e.g. generic-6.1
+	Name     string `json:"name,omitempty"`     // local kernel name; default: the entry's
+	Catalog  string `json:"catalog"`            // catalog URL (https; http only with Insecure)
+	Insecure bool   `json:"insecure,omitempty"` // allow plain http for the catalog and its downloads
 }

@@ -9,10 +9,12 @@ const (
 // SetVMParams changes a stopped VM; nil fields are left alone. Changes
 // take effect at the next start.
 type SetVMParams struct {
-	Name      string `json:"name"`
-	NAT       *bool  `json:"nat,omitempty"`
-	VCPU      *int   `json:"vcpu,omitempty"`
-	MemoryMiB *int   `json:"memory_mib,omitempty"`
+	Name       string `json:"name"`
+	NAT        *bool  `json:"nat,omitempty"`
+	NATPrivate *bool  `json:"nat_private,omitempty"`
+	HostAccess *bool  `json:"host_access,omitempty"`
+	VCPU       *int   `json:"vcpu,omitempty"`
+	MemoryMiB  *int   `json:"memory_mib,omitempty"`
 }
 
 // Port is one listening socket in a guest.

@@ -41,11 +41,21 @@ type VM struct {
 	MAC           string    `json:"mac"`
 	Tap           string    `json:"tap"`
 	PID           int       `json:"pid,omitempty"`
+	VMM           *VMMProc  `json:"vmm,omitempty"` // the running VMM's confinement, from /proc
 	NAT           bool      `json:"nat"`
+	NATPrivate    bool      `json:"nat_private"` // with nat: private ranges beyond the host too
+	HostAccess    bool      `json:"host_access"` // host services beyond the gateway's DNS
 	CloneMethod   string    `json:"clone_method"`
 	LastError     string    `json:"last_error,omitempty"`
 	Dir           string    `json:"dir"`
 	CreatedAt     time.Time `json:"created_at"`
+}
+
+// VMMProc is how a running VMM process is confined (/proc/<pid>/status).
+type VMMProc struct {
+	UID        int    `json:"uid"`     // effective uid
+	Seccomp    string `json:"seccomp"` // "disabled", "strict" or "filter"
+	NoNewPrivs bool   `json:"no_new_privs"`
 }
 
 // NameParams addresses one VM/kernel/image by name (or id for VMs).
@@ -62,7 +72,9 @@ type CreateVMParams struct {
 	Disk        string `json:"disk,omitempty"`
 	WorkDisk    string `json:"work_disk,omitempty"`
 	NoStart     bool   `json:"no_start,omitempty"`
-	NAT         bool   `json:"nat,omitempty"` // masquerade the guest's traffic beyond the bridge
+	NAT         bool   `json:"nat,omitempty"`         // masquerade the guest's traffic beyond the bridge
+	NATPrivate  bool   `json:"nat_private,omitempty"` // with NAT: also private/special ranges (never link-local)
+	HostAccess  bool   `json:"host_access,omitempty"` // reach services on any host address, not just DNS
 	BootTimeout int    `json:"boot_timeout_s,omitempty"`
 }
 

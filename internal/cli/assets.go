@@ -10,6 +10,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/rpc"
+	"github.com/banger-dev/banger/internal/termsafe"
 )
 
 func (a *app) kernelCmd() *cobra.Command {
@@ -38,7 +39,7 @@ func (a *app) kernelCmd() *cobra.Command {
 			if a.json {
 				return a.printJSON(k)
 			}
-			fmt.Fprintf(a.stdout, "kernel %s imported (%s, sha256 %s)\n", k.Name, k.Version, short(k.SHA256))
+			fmt.Fprintf(a.stdout, "kernel %s imported (%s, sha256 %s)\n", k.Name, termsafe.Field(k.Version), short(k.SHA256))
 			return nil
 		},
 	}
@@ -61,7 +62,8 @@ func (a *app) kernelCmd() *cobra.Command {
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tVERSION\tSOURCE\tSHA256\tCREATED")
 			for _, k := range ks {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.Name, k.Version, k.Source, short(k.SHA256), ago(k.CreatedAt))
+				// the version string comes from the kernel package (image bytes)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.Name, termsafe.Field(k.Version), termsafe.Field(k.Source), short(k.SHA256), ago(k.CreatedAt))
 			}
 			return tw.Flush()
 		},
@@ -137,7 +139,7 @@ func (a *app) imageCmd() *cobra.Command {
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tSIZE\tKERNEL\tSOURCE\tCREATED")
 			for _, i := range is {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", i.Name, human(i.SizeBytes), i.KernelRef, i.Source, ago(i.CreatedAt))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", i.Name, human(i.SizeBytes), i.KernelRef, termsafe.Field(i.Source), ago(i.CreatedAt))
 			}
 			return tw.Flush()
 		},

@@ -43,6 +43,7 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 	srv.Handle(api.MethodVMCreate, f.create)
 	srv.Handle(api.MethodVMDelete, f.delete)
 	srv.Handle(api.MethodVMExec, f.exec)
+	srv.Handle(api.MethodVMSet, f.set)
 	srv.Handle(api.MethodDaemonStatus, func(ctx context.Context, c *rpc.Call) (any, error) {
 		return api.DaemonStatus{PID: 42, UID: os.Getuid(), Version: "test", Accel: "tcg", StateDir: dir}, nil
 	})
@@ -119,7 +120,7 @@ func (f *fakeDaemon) create(ctx context.Context, c *rpc.Call) (any, error) {
 	c.Progress("clone", "")
 	c.Progress("boot", "waiting for ssh")
 	v := api.VM{ID: "id-" + p.Name, Name: p.Name, State: "running", GuestIP: "172.30.0.9", Image: "default",
-		VCPU: 2, MemoryMiB: 1024, CreatedAt: time.Now()}
+		VCPU: 2, MemoryMiB: 1024, CreatedAt: time.Now(), NAT: p.NAT, NATPrivate: p.NATPrivate, HostAccess: p.HostAccess}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, dup := f.vms[p.Name]; dup {

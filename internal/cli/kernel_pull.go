@@ -19,7 +19,11 @@ func (a *app) kernelPullCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "pull NAME [--catalog URL] [--name LOCAL]",
 		Short: "Download a kernel from a catalog (sha256-checked, cached) and import it",
-		Args:  cobra.ExactArgs(1),
+		Long: `Download a kernel from a catalog (sha256-checked, cached) and import it.
+The catalog and every file it names are fetched over https; a plain-http
+catalog (from --catalog or $` + EnvKernelCatalog + `) needs --insecure. A download
+fails when the server sends nothing for 60 s; a retry resumes it.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p.Entry = args[0]
 			if p.Catalog == "" {
@@ -40,5 +44,6 @@ func (a *app) kernelPullCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&p.Catalog, "catalog", "", "catalog URL (default $"+EnvKernelCatalog+")")
 	cmd.Flags().StringVar(&p.Name, "name", "", "local kernel name (default: the catalog entry's)")
+	cmd.Flags().BoolVar(&p.Insecure, "insecure", false, "allow a plain-http catalog and downloads (also for $"+EnvKernelCatalog+")")
 	return cmd
 }

@@ -10,19 +10,26 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/sshconfig"
+	"github.com/banger-dev/banger/internal/termsafe"
 )
 
 func (a *app) vmSetCmd() *cobra.Command {
-	var nat bool
+	var nat, natPrivate, hostAccess bool
 	var vcpu, mem int
 	c := &cobra.Command{
-		Use:   "set NAME [--nat=true|false] [--vcpu N] [--memory MiB]",
+		Use:   "set NAME [--nat=true|false] [--nat-private=true|false] [--host-access=true|false] [--vcpu N] [--memory MiB]",
 		Short: "Change a stopped VM; applied at its next start",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p := api.SetVMParams{Name: args[0]}
 			if cmd.Flags().Changed("nat") {
 				p.NAT = &nat
+			}
+			if cmd.Flags().Changed("nat-private") {
+				p.NATPrivate = &natPrivate
+			}
+			if cmd.Flags().Changed("host-access") {
+				p.HostAccess = &hostAccess
 			}
 			if cmd.Flags().Changed("vcpu") {
 				p.VCPU = &vcpu
@@ -38,6 +45,8 @@ func (a *app) vmSetCmd() *cobra.Command {
 		},
 	}
 	c.Flags().BoolVar(&nat, "nat", false, "NAT the guest's traffic beyond the host")
+	c.Flags().BoolVar(&natPrivate, "nat-private", false, "with --nat, also private and special ranges (never link-local)")
+	c.Flags().BoolVar(&hostAccess, "host-access", false, "let the guest reach services on any host address, not just DNS")
 	c.Flags().IntVar(&vcpu, "vcpu", 0, "virtual CPUs")
 	c.Flags().IntVar(&mem, "memory", 0, "memory in MiB")
 	return c
@@ -60,7 +69,9 @@ func (a *app) vmPortsCmd() *cobra.Command {
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "PROTO\tADDRESS\tPORT\tPROCESS\tURL")
 			for _, p := range ports {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", p.Proto, p.Address, p.Port, p.Process, p.URL)
+				// Address and process come from the guest's ss output.
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", termsafe.Field(p.Proto), termsafe.Field(p.Address), p.Port,
+					termsafe.Field(p.Process), termsafe.Field(p.URL))
 			}
 			return tw.Flush()
 		},

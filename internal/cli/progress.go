@@ -10,6 +10,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/termsafe"
 )
 
 // stageView renders named stages of a long daemon operation: a spinner on a
@@ -53,6 +54,7 @@ func (sv *stageView) event(ev api.Event) {
 	if ev.Message != "" {
 		desc += ": " + ev.Message
 	}
+	desc = termsafe.Field(desc) // messages may quote a guest (first-boot output)
 	if sv.bar != nil {
 		sv.bar.Describe(fmt.Sprintf("[%5.1fs] %s", now.Sub(sv.start).Seconds(), desc))
 		_ = sv.bar.Add(1)

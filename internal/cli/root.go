@@ -20,6 +20,7 @@ import (
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/rpc"
 	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/termsafe"
 )
 
 // exitCode carries a command's chosen exit status (e.g. the remote command's).
@@ -32,10 +33,13 @@ type app struct {
 	stateDir string
 	json     bool
 	noStart  bool
-	stdin    io.Reader
-	stdout   io.Writer
-	stderr   io.Writer
-	layout   paths.Layout
+	// allowRoot lets the CLI (and the daemon it starts) run as root: the
+	// all-in-one mode (--allow-root or BANGER_ALLOW_ROOT=1).
+	allowRoot bool
+	stdin     io.Reader
+	stdout    io.Writer
+	stderr    io.Writer
+	layout    paths.Layout
 }
 
 // Main runs the CLI and returns the process exit code.
@@ -64,6 +68,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	return 1
 }
 
+// oneLine is the first line of an error for the terminal. Errors carry guest
+// text (console tails, command output), so escapes and controls go.
 func oneLine(err error) string {
 	s := err.Error()
 	var we *api.Error
@@ -76,7 +82,7 @@ func oneLine(err error) string {
 	} else if i := strings.IndexByte(s, '\n'); i >= 0 {
 		s = s[:i]
 	}
-	return s
+	return termsafe.Field(s)
 }
 
 func (a *app) rootCmd() *cobra.Command {
@@ -86,6 +92,9 @@ func (a *app) rootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.refuseRoot(os.Geteuid()); err != nil {
+				return err
+			}
 			if a.stateDir != "" {
 				a.layout = paths.Layout{Root: a.stateDir}
 				return nil
@@ -98,9 +107,22 @@ func (a *app) rootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&a.stateDir, "state-dir", "", "state root (default $"+paths.EnvStateDir+" or ~/.local/state/banger)")
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "print JSON")
 	root.PersistentFlags().BoolVar(&a.noStart, "no-autostart", false, "do not start bangerd when it is not running")
-	root.AddCommand(a.vmCmd(), a.kernelCmd(), a.imageCmd(), a.daemonCmd(), a.doctorCmd())
+	root.PersistentFlags().BoolVar(&a.allowRoot, "allow-root", os.Getenv("BANGER_ALLOW_ROOT") == "1",
+		"run as root: the all-in-one mode, bangerd and every VMM as root (env BANGER_ALLOW_ROOT=1)")
+	root.AddCommand(a.vmCmd(), a.kernelCmd(), a.imageCmd(), a.daemonCmd(), a.doctorCmd(), a.systemCmd())
 	root.AddCommand(a.sshConfigCmd())
 	return root
+}
+
+// refuseRoot stops a root CLI unless told: as root, the daemon it starts
+// and every VMM run as root too.
+func (a *app) refuseRoot(euid int) error {
+	if euid != 0 || a.allowRoot {
+		return nil
+	}
+	return fmt.Errorf("refusing to run as root: run banger as your own user with the helper "+
+		"(`sudo banger system helper --owner <you>` in another terminal), "+
+		"or pass --allow-root (BANGER_ALLOW_ROOT=1) for the all-in-one mode where bangerd and every VM run as root: %w", api.ErrInvalid)
 }
 
 func (a *app) client() *rpc.Client { return rpc.NewClient(a.layout.Socket()) }
@@ -110,6 +132,9 @@ func (a *app) call(ctx context.Context, method string, params, result any, opts 
 	err := a.client().Call(ctx, method, params, result, opts...)
 	if !errors.Is(err, rpc.ErrNoDaemon) || a.noStart {
 		return err
+	}
+	if serr := a.systemDaemonDown(err); serr != nil {
+		return serr
 	}
 	if serr := a.startDaemon(ctx); serr != nil {
 		return fmt.Errorf("daemon not running and could not be started: %w", serr)
@@ -126,7 +151,10 @@ func (a *app) startDaemon(ctx context.Context) error {
 		return err
 	}
 	fmt.Fprintf(a.stderr, "banger: starting bangerd (log: %s)\n", a.layout.Log())
-	_, err = system.Exec{}.Start(ctx, system.ProcSpec{Path: bin, Args: []string{"--state-dir", a.layout.Root},
+	// The daemon owns and rotates its log (--log-file) and points its own
+	// stdout/stderr there; the redirect here only catches what it prints
+	// before it has opened the log.
+	_, err = system.Exec{}.Start(ctx, system.ProcSpec{Path: bin, Args: []string{"--state-dir", a.layout.Root, "--log-file", a.layout.Log()},
 		Stdout: a.layout.Log(), Env: passEnv()})
 	if err != nil {
 		return err

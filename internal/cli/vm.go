@@ -10,6 +10,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/rpc"
+	"github.com/banger-dev/banger/internal/termsafe"
 )
 
 func (a *app) vmCmd() *cobra.Command {
@@ -33,7 +34,11 @@ func addCreateFlags(c *cobra.Command, p *api.CreateVMParams) {
 	c.Flags().StringVar(&p.Disk, "disk", "", "root disk size, e.g. 4G (default: the image's size)")
 	c.Flags().StringVar(&p.WorkDisk, "work-disk", "", "work disk size mounted at /root (default 8G)")
 	c.Flags().IntVar(&p.BootTimeout, "boot-timeout", 0, "seconds to wait for SSH (default 120)")
-	c.Flags().BoolVar(&p.NAT, "nat", false, "let the guest reach beyond the host through NAT")
+	c.Flags().BoolVar(&p.NAT, "nat", false, "let the guest reach beyond the host through NAT (public addresses only)")
+	c.Flags().BoolVar(&p.NATPrivate, "nat-private", false,
+		"with --nat, also reach private and special ranges (LAN, 10/8, 172.16/12, 192.168/16, ...); link-local stays blocked")
+	c.Flags().BoolVar(&p.HostAccess, "host-access", false,
+		"let the guest reach services on any of the host's addresses (default: only the gateway's DNS)")
 }
 
 // createVM calls vm.create showing the stages as they happen.
@@ -113,7 +118,8 @@ func (a *app) renderVM(v api.VM) error {
 		{"disk", fmt.Sprintf("%s (%s)", human(v.DiskBytes), v.CloneMethod)}, {"work disk", human(v.WorkDiskBytes)},
 		{"dir", v.Dir}, {"created", v.CreatedAt.Format(time.RFC3339)},
 	}
-	rows = append(rows, [2]string{"nat", fmt.Sprint(v.NAT)})
+	rows = append(rows, [2]string{"nat", fmt.Sprint(v.NAT)}, [2]string{"nat private", fmt.Sprint(v.NATPrivate)},
+		[2]string{"host access", fmt.Sprint(v.HostAccess)})
 	if v.PID != 0 {
 		rows = append(rows, [2]string{"pid", fmt.Sprint(v.PID)})
 	}
@@ -121,7 +127,8 @@ func (a *app) renderVM(v api.VM) error {
 		rows = append(rows, [2]string{"last error", v.LastError})
 	}
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s:\t%s\n", r[0], r[1])
+		// last error may quote the guest's console
+		fmt.Fprintf(tw, "%s:\t%s\n", r[0], termsafe.Field(r[1]))
 	}
 	return tw.Flush()
 }
@@ -154,8 +161,13 @@ func (a *app) vmShowCmd() *cobra.Command {
 
 func (a *app) vmLogsCmd() *cobra.Command {
 	var n int64
+	var raw bool
 	c := &cobra.Command{
-		Use: "logs NAME", Short: "Print the VM's serial console log (this boot)", Args: cobra.ExactArgs(1),
+		Use: "logs NAME", Short: "Print the VM's serial console log (this boot, the latest 4 MiB)", Args: cobra.ExactArgs(1),
+		Long: `Print the VM's serial console log: the current boot, at most its latest
+4 MiB (the daemon keeps no more). The guest writes these bytes, so escape
+sequences and control characters are removed before they reach the terminal;
+--raw prints them as the guest sent them.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var r api.LogsResult
 			if err := a.call(cmd.Context(), api.MethodVMLogs, api.LogsParams{Name: args[0], Bytes: n}, &r); err != nil {
@@ -164,11 +176,16 @@ func (a *app) vmLogsCmd() *cobra.Command {
 			if a.json {
 				return a.printJSON(r)
 			}
-			_, err := a.stdout.Write(r.Data)
+			data := r.Data
+			if !raw {
+				data = termsafe.Bytes(data)
+			}
+			_, err := a.stdout.Write(data)
 			return err
 		},
 	}
 	c.Flags().Int64Var(&n, "tail-bytes", 0, "only the last N bytes")
+	c.Flags().BoolVar(&raw, "raw", false, "print the console bytes unfiltered (escape sequences included)")
 	return c
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/rpc"
+	"github.com/banger-dev/banger/internal/termsafe"
 )
 
 func (a *app) vmWorkspaceCmd() *cobra.Command {
@@ -108,6 +109,7 @@ func (a *app) wsStatusCmd() *cobra.Command {
 				guest = fmt.Sprintf("%s %s, %d changed path(s)", shortID(st.GuestHead), orDetached(st.GuestBranch), st.GuestDirty)
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			// guest now (head, branch, error) is what the guest answered
 			for _, r := range [][2]string{
 				{"host", w.HostPath}, {"guest", w.VM + ":" + w.GuestPath},
 				{"synced", fmt.Sprintf("%s %s, %d files, %s, %s", shortID(w.Head), orDetached(w.Branch), w.Files, human(w.Bytes), ago(w.SyncedAt))},
@@ -116,7 +118,7 @@ func (a *app) wsStatusCmd() *cobra.Command {
 				{"guest now", guest},
 				{"prepared", w.PreparedAt.Format(time.RFC3339)},
 			} {
-				fmt.Fprintf(tw, "%s:\t%s\n", r[0], r[1])
+				fmt.Fprintf(tw, "%s:\t%s\n", r[0], termsafe.Field(r[1]))
 			}
 			return tw.Flush()
 		},

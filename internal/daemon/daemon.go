@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"time"
@@ -367,16 +368,31 @@ func (dm *Daemon) kernelRm(ctx context.Context, c *rpc.Call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := dm.d.Store.GetKernel(ctx, n); err != nil {
-		return nil, fmt.Errorf("kernel %q: %w", n, err)
+	// Either half of an interrupted commit (a row without files, files
+	// without a row) is removable: only when neither exists is it not found.
+	_, rerr := dm.d.Store.GetKernel(ctx, n)
+	if rerr != nil && !errors.Is(rerr, api.ErrNotFound) {
+		return nil, fmt.Errorf("kernel %q: %w", n, rerr)
+	}
+	if err := kernel.ValidName(n); err != nil {
+		return nil, err
+	}
+	_, derr := os.Lstat(dm.d.Layout.Kernel(n))
+	if rerr != nil && errors.Is(derr, fs.ErrNotExist) {
+		return nil, fmt.Errorf("kernel %q: %w", n, rerr)
 	}
 	if err := dm.inUse(ctx, func(v store.VM) bool { return v.Kernel == n }, "kernel", n); err != nil {
 		return nil, err
 	}
-	if err := dm.d.Store.DeleteKernel(ctx, n); err != nil {
+	if rerr == nil {
+		if err := dm.d.Store.DeleteKernel(ctx, n); err != nil {
+			return nil, err
+		}
+	}
+	if err := kernel.Remove(dm.d.Layout, n); err != nil && !errors.Is(err, api.ErrNotFound) {
 		return nil, err
 	}
-	return nil, kernel.Remove(dm.d.Layout, n)
+	return nil, nil
 }
 
 func (dm *Daemon) inUse(ctx context.Context, uses func(store.VM) bool, kind, name string) error {
@@ -451,18 +467,33 @@ func (dm *Daemon) imageRm(ctx context.Context, c *rpc.Call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := dm.d.Store.GetImage(ctx, n); err != nil {
-		return nil, fmt.Errorf("image %q: %w", n, err)
+	// Either half of an interrupted commit (a row without files, files
+	// without a row) is removable: only when neither exists is it not found.
+	_, rerr := dm.d.Store.GetImage(ctx, n)
+	if rerr != nil && !errors.Is(rerr, api.ErrNotFound) {
+		return nil, fmt.Errorf("image %q: %w", n, rerr)
+	}
+	if err := image.ValidateName(n); err != nil {
+		return nil, err
+	}
+	_, derr := os.Lstat(dm.d.Layout.Image(n))
+	if rerr != nil && errors.Is(derr, fs.ErrNotExist) {
+		return nil, fmt.Errorf("image %q: %w", n, rerr)
 	}
 	// VM root disks are clones, so an image is free to go; we still refuse
 	// while VMs reference it so `vm show` never points at nothing.
 	if err := dm.inUse(ctx, func(v store.VM) bool { return v.Image == n }, "image", n); err != nil {
 		return nil, err
 	}
-	if err := dm.d.Store.DeleteImage(ctx, n); err != nil {
+	if rerr == nil {
+		if err := dm.d.Store.DeleteImage(ctx, n); err != nil {
+			return nil, err
+		}
+	}
+	if err := image.Remove(dm.d.Layout, n); err != nil && !errors.Is(err, api.ErrNotFound) {
 		return nil, err
 	}
-	return nil, image.Remove(dm.d.Layout, n)
+	return nil, nil
 }
 
 func (dm *Daemon) status(ctx context.Context, c *rpc.Call) (any, error) {

@@ -67,6 +67,11 @@ func (n fakeNet) PoolTaps(ctx context.Context) ([]string, error) {
 	sort.Strings(out)
 	return out, nil
 }
+
+// OpenTap hands out /dev/null: the fake driver never reads it.
+func (n fakeNet) OpenTap(ctx context.Context, name string) (*os.File, error) {
+	return os.Open(os.DevNull)
+}
 func (n fakeNet) ReleaseTap(ctx context.Context, name string) error {
 	n.h.mu.Lock()
 	defer n.h.mu.Unlock()

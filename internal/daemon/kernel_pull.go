@@ -27,7 +27,7 @@ func (dm *Daemon) kernelPull(ctx context.Context, c *rpc.Call) (any, error) {
 		return nil, fmt.Errorf("kernel %q: %w", name, api.ErrExists)
 	}
 	return detached(ctx, c, func(ctx context.Context, _ vm.Progress) (api.Kernel, error) {
-		pl := &kernel.Puller{Importer: dm.d.Kernels}
+		pl := &kernel.Puller{Importer: dm.d.Kernels, Insecure: p.Insecure}
 		info, err := pl.Pull(ctx, p.Catalog, p.Entry, name, func(ev kernel.PullProgress) {
 			_ = c.Event(api.Event{Stage: ev.Stage, Message: ev.Message, Current: ev.Current, Total: ev.Total})
 		})

@@ -5,9 +5,14 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/user"
+	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/store"
 	"github.com/banger-dev/banger/internal/system"
@@ -22,6 +27,9 @@ type Checker struct {
 	Accel func(ctx context.Context) (string, string)
 	// LookPath is system.LookPath in production.
 	LookPath func(string) (string, error)
+	// Privileged says how root-only operations are done and whether that
+	// works now (in-process as root, or the helper answering).
+	Privileged func(ctx context.Context) (ok bool, detail string)
 }
 
 // Binaries banger execs, and what needs them.
@@ -58,11 +66,12 @@ func (c *Checker) Run(ctx context.Context) api.DoctorResult {
 	} else {
 		add("/dev/net/tun", true, "present")
 	}
-	if os.Geteuid() == 0 {
-		add("privileges", true, "running as root: bridge/TAP setup in-process")
-	} else {
-		add("privileges", false, "not root: network setup needs root (the privileged helper is not yet split out)")
+	if c.Privileged != nil {
+		ok, detail := c.Privileged(ctx)
+		add("privileges", ok, detail)
 	}
+	add("vmm confinement", true, fmt.Sprintf("qemu runs as uid %d with -sandbox (seccomp filter, no_new_privs); `vm show --json` reports each VMM's", os.Geteuid()))
+	add("vmm limits", true, cgroupNote())
 	if st, err := os.Stat(c.Layout.Root); err != nil {
 		add("state dir", false, err.Error())
 	} else {
@@ -83,5 +92,31 @@ func (c *Checker) Run(ctx context.Context) api.DoctorResult {
 	} else {
 		add("image", true, "default")
 	}
+	if uid := os.Geteuid(); uid != 0 {
+		name := strconv.Itoa(uid)
+		if u, err := user.LookupId(name); err == nil {
+			name = u.Username
+		}
+		ok, detail := image.RootlessBuildReady(c.LookPath, "/etc/subuid", "/etc/subgid", name, uid)
+		add("image build as owner", ok, detail)
+	}
 	return res
+}
+
+// cgroupNote says whether per-VM memory/CPU limits could be applied: banger
+// applies none today; it would need cgroup v2 delegated to the daemon's user.
+func cgroupNote() string {
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
+		return "no per-VM memory/CPU cgroup limits: cgroup v2 is not mounted"
+	}
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "no per-VM memory/CPU cgroup limits: " + err.Error()
+	}
+	cg := strings.TrimSpace(strings.TrimPrefix(string(b), "0::"))
+	dir := "/sys/fs/cgroup" + cg
+	if unix.Access(dir, unix.W_OK) != nil {
+		return "no per-VM memory/CPU cgroup limits: cgroup v2 is not delegated to this user (" + dir + " not writable)"
+	}
+	return "no per-VM memory/CPU cgroup limits applied yet (cgroup " + dir + " is writable)"
 }

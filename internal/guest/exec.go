@@ -59,6 +59,11 @@ func (p *Pool) Exec(ctx context.Context, t Target, req ExecRequest) (int, error)
 		return -1, err
 	}
 	defer sess.Close()
+	// A writer that fails (a LimitWriter past its limit, a gone client)
+	// stops reading the channel; the guest would then block on a full
+	// window forever. Cancelling tears the session down instead.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 
 	if req.TTY != nil {
 		term, cols, rows := req.TTY.Term, req.TTY.Cols, req.TTY.Rows
@@ -73,7 +78,7 @@ func (p *Pool) Exec(ctx context.Context, t Target, req ExecRequest) (int, error)
 			return -1, fmt.Errorf("vm %s: request pty: %w", t.VMID, err)
 		}
 	}
-	sess.Stdout, sess.Stderr = req.Stdout, req.Stderr
+	sess.Stdout, sess.Stderr = abortOnError(req.Stdout, cancel), abortOnError(req.Stderr, cancel)
 	var in *stdinWriter
 	if req.Stdin != nil || (req.TTY != nil && req.Signals != nil) {
 		w, err := sess.StdinPipe()
@@ -108,7 +113,7 @@ func (p *Pool) Exec(ctx context.Context, t Target, req ExecRequest) (int, error)
 	close(done)
 	wg.Wait()
 	if ctx.Err() != nil {
-		return -1, fmt.Errorf("vm %s: remote command: %w", t.VMID, ctx.Err())
+		return -1, fmt.Errorf("vm %s: remote command: %w", t.VMID, context.Cause(ctx))
 	}
 	var ee *ssh.ExitError
 	if errors.As(err, &ee) {
@@ -118,6 +123,27 @@ func (p *Pool) Exec(ctx context.Context, t Target, req ExecRequest) (int, error)
 		return -1, fmt.Errorf("vm %s: remote command: %w", t.VMID, err)
 	}
 	return 0, nil
+}
+
+// abortWriter cancels the command when its output cannot be written.
+type abortWriter struct {
+	w      io.Writer
+	cancel context.CancelCauseFunc
+}
+
+func abortOnError(w io.Writer, cancel context.CancelCauseFunc) io.Writer {
+	if w == nil {
+		return nil
+	}
+	return abortWriter{w, cancel}
+}
+
+func (a abortWriter) Write(p []byte) (int, error) {
+	n, err := a.w.Write(p)
+	if err != nil {
+		a.cancel(err)
+	}
+	return n, err
 }
 
 // session opens a channel on the kept connection. A connection that died

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/testenv"
 )
 
 func TestEnsureClientKey(t *testing.T) {
@@ -112,9 +113,7 @@ func TestNewHostKey(t *testing.T) {
 // TestOpenSSHInterop drives the real OpenSSH client with banger's key and
 // known_hosts against the in-process server: the formats are OpenSSH's.
 func TestOpenSSHInterop(t *testing.T) {
-	if _, err := system.LookPath("ssh"); err != nil {
-		t.Skip("no ssh client")
-	}
+	testenv.RequireTools(t, "ssh")
 	f := newFixture(t)
 	s := startServer(t, "127.0.0.1:0", f.signer.PublicKey())
 	run(t, f, target(s), ExecRequest{Argv: []string{"true"}}) // TOFU pin by banger

@@ -294,6 +294,21 @@ func (ss *serverSession) script(script string, stdin io.Reader) (r result, exite
 			}
 		case "false":
 			status = 1
+		case "flood":
+			// flood stdout|stderr MIB: a guest that writes without end.
+			w := io.Writer(out)
+			if argv[1] == "stderr" {
+				w = errw
+			}
+			mib, _ := strconv.Atoi(argv[2])
+			chunk := bytes.Repeat([]byte("x"), 1<<20)
+			status = 0
+			for i := 0; i < mib; i++ {
+				if _, err := w.Write(chunk); err != nil {
+					ss.s.record("flood write failed")
+					return result{code: 141}, true
+				}
+			}
 		case "echo":
 			fmt.Fprintln(out, strings.Join(argv[1:], " "))
 			status = 0

@@ -35,6 +35,10 @@ type DNSServer struct {
 	Addr     string // host:port, e.g. the bridge gateway ":53"; port 0 picks one
 	Resolver VMResolver
 	Upstream string // optional resolver (host:port) for names outside .vm
+	// Conns, when set, are sockets bound by someone else (the privileged
+	// helper binds port 53 for a daemon that may not): Start serves them
+	// instead of binding Addr.
+	Conns *DNSConns
 
 	mu      sync.Mutex
 	servers []*dns.Server
@@ -63,18 +67,40 @@ func freebind(network, address string, c syscall.RawConn) error {
 
 // Start listens and serves in the background until Close.
 func (d *DNSServer) Start(ctx context.Context) error {
-	lc := net.ListenConfig{Control: freebind}
-	pc, err := lc.ListenPacket(ctx, "udp4", d.Addr)
+	if d.Conns != nil {
+		return d.serve(ctx, d.Conns.UDP, d.Conns.TCP)
+	}
+	c, err := ListenDNS(ctx, d.Addr)
 	if err != nil {
-		return fmt.Errorf("dns: listen udp %s: %w", d.Addr, err)
+		return err
+	}
+	return d.serve(ctx, c.UDP, c.TCP)
+}
+
+// DNSConns are bound DNS sockets (UDP and TCP on the same address).
+type DNSConns struct {
+	UDP net.PacketConn
+	TCP net.Listener
+}
+
+// ListenDNS binds addr (host:port) for UDP and TCP with IP_FREEBIND.
+func ListenDNS(ctx context.Context, addr string) (*DNSConns, error) {
+	lc := net.ListenConfig{Control: freebind}
+	pc, err := lc.ListenPacket(ctx, "udp4", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dns: listen udp %s: %w", addr, err)
 	}
 	// TCP on the same port as UDP (matters when the port was picked).
-	tcpAddr := pc.LocalAddr().String()
-	ln, err := lc.Listen(ctx, "tcp4", tcpAddr)
+	ln, err := lc.Listen(ctx, "tcp4", pc.LocalAddr().String())
 	if err != nil {
 		pc.Close()
-		return fmt.Errorf("dns: listen tcp %s: %w", tcpAddr, err)
+		return nil, fmt.Errorf("dns: listen tcp %s: %w", addr, err)
 	}
+	return &DNSConns{UDP: pc, TCP: ln}, nil
+}
+
+func (d *DNSServer) serve(ctx context.Context, pc net.PacketConn, ln net.Listener) error {
+	tcpAddr := ln.Addr().String()
 	udpSrv := &dns.Server{PacketConn: pc, Handler: d}
 	tcpSrv := &dns.Server{Listener: ln, Handler: d}
 	d.mu.Lock()

@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -60,6 +62,11 @@ func (m *Manager) EnsureBridge(ctx context.Context) error {
 	}
 	if link.Type() != "bridge" {
 		return fmt.Errorf("bridge %s: interface exists with type %s: %w", cfg.Bridge, link.Type(), api.ErrExists)
+	}
+	// Before the link is up, so it never holds an IPv6 address a guest
+	// could reach nor learns a route from a guest's Router Advertisement.
+	if err := noIPv6(cfg.Bridge); err != nil {
+		return fmt.Errorf("bridge %s: %w", cfg.Bridge, err)
 	}
 	gw := cfg.Gateway()
 	want := &net.IPNet{IP: gw.AsSlice(), Mask: net.CIDRMask(cfg.Subnet.Bits(), 32)}
@@ -150,6 +157,11 @@ func (m *Manager) CreateTap(ctx context.Context, name string, uid int) error {
 		}
 		return err
 	}
+	// Also on every reuse: a pooled TAP must not carry what a previous
+	// holder (or anyone) switched on.
+	if err := noIPv6(name); err != nil {
+		return undo(fmt.Errorf("tap %s: %w", name, err))
+	}
 	if link.Attrs().MasterIndex != br.Attrs().Index {
 		if err := netlink.LinkSetMaster(link, br); err != nil {
 			return undo(fmt.Errorf("tap %s: attach to %s: %w", name, cfg.Bridge, err))
@@ -159,6 +171,30 @@ func (m *Manager) CreateTap(ctx context.Context, name string, uid int) error {
 		return undo(fmt.Errorf("tap %s: up: %w", name, err))
 	}
 	m.log().Info("tap ready", "tap", name, "uid", uid, "created", created, "bridge", cfg.Bridge)
+	return nil
+}
+
+// ipv6Conf is where the kernel keeps per-interface IPv6 settings. /proc/sys/net
+// is per network namespace: the writing thread's.
+const ipv6Conf = "/proc/sys/net/ipv6/conf"
+
+// noIPv6 turns IPv6 off on one of banger's interfaces: no router
+// advertisements, no autoconfiguration, no addresses. A host without IPv6
+// (no /proc/sys/net/ipv6), or an interface the kernel gave no IPv6 state,
+// already has none.
+func noIPv6(dev string) error {
+	if _, err := os.Stat(ipv6Conf); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	dir := filepath.Join(ipv6Conf, dev)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	for _, kv := range [][2]string{{"accept_ra", "0"}, {"autoconf", "0"}, {"disable_ipv6", "1"}} {
+		if err := os.WriteFile(filepath.Join(dir, kv[0]), []byte(kv[1]+"\n"), 0o644); err != nil {
+			return fmt.Errorf("disable ipv6: %w", err)
+		}
+	}
 	return nil
 }
 

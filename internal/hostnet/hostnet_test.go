@@ -69,6 +69,26 @@ func sysfsOwner(t *testing.T, dev string) string {
 	return strings.TrimSpace(string(b))
 }
 
+// ipv6State reads an interface's IPv6 switches in the calling thread's
+// namespace ("none" when the kernel keeps no IPv6 state for it).
+func ipv6State(t *testing.T, dev string) string {
+	t.Helper()
+	var out []string
+	for _, k := range []string{"accept_ra", "autoconf", "disable_ipv6"} {
+		b, err := os.ReadFile(filepath.Join(ipv6Conf, dev, k))
+		if errors.Is(err, os.ErrNotExist) {
+			return "none"
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, k+"="+strings.TrimSpace(string(b)))
+	}
+	return strings.Join(out, " ")
+}
+
+const ipv6Off = "accept_ra=0 autoconf=0 disable_ipv6=1"
+
 func testManager() *Manager {
 	return &Manager{Cfg: Config{Bridge: "bgtest0", Subnet: netip.MustParsePrefix("10.77.0.0/24")}}
 }
@@ -95,6 +115,22 @@ func TestEnsureBridgeIdempotent(t *testing.T) {
 	}
 	if len(as) != 1 || as[0].IPNet.String() != "10.77.0.1/24" {
 		t.Fatalf("addresses %v", as)
+	}
+	if got := ipv6State(t, "bgtest0"); got != ipv6Off {
+		t.Fatalf("bridge ipv6: %s, want %s", got, ipv6Off)
+	}
+	if v6, _ := netlink.AddrList(br, netlink.FAMILY_V6); len(v6) != 0 {
+		t.Fatalf("bridge has ipv6 addresses: %v", v6)
+	}
+	// Switched back on behind banger's back: the next EnsureBridge repairs it.
+	if err := os.WriteFile(filepath.Join(ipv6Conf, "bgtest0", "disable_ipv6"), []byte("0"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.EnsureBridge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := ipv6State(t, "bgtest0"); got != ipv6Off {
+		t.Fatalf("bridge ipv6 after repair: %s, want %s", got, ipv6Off)
 	}
 }
 
@@ -143,6 +179,9 @@ func TestTapLifecycle(t *testing.T) {
 	}
 	if got := sysfsOwner(t, "bgr-abc"); got != "1000" {
 		t.Fatalf("sysfs owner %q", got)
+	}
+	if got := ipv6State(t, "bgr-abc"); got != ipv6Off {
+		t.Fatalf("tap ipv6: %s, want %s", got, ipv6Off)
 	}
 
 	// Reuse under another uid re-owns the idle device.

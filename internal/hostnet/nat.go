@@ -2,6 +2,7 @@ package hostnet
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,20 +20,46 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 )
 
-// nftables layout owned by banger (nothing else is ever touched):
+// nftables layout owned by banger (nothing else is ever touched). BR is the
+// bridge, GW its gateway address, VM a guest's address:
 //
 //	table ip banger
+//	  set nonpublic      interval set: 0/8 10/8 100.64/10 127/8 169.254/16
+//	                     172.16/12 192.168/16 224/3 (multicast, reserved, broadcast)
+//	  set restore-ip-forward   present only while banger holds ip_forward=1
+//	                     that it switched on (see enableForwarding)
 //	  chain forward     filter hook forward, policy accept
-//	    iifname BR ip saddr VM_IP accept      comment "banger vm=ID"   (NAT VMs, inserted first)
-//	    iifname BR oifname BR accept          comment "banger base"
+//	    iifname BR ip saddr VM ip daddr != @nonpublic accept        "banger vm=ID" (--nat)
+//	    iifname BR ip saddr VM ip daddr != 169.254.0.0/16 accept    "banger vm=ID" (--nat --nat-private)
+//	    iifname BR oifname BR accept          comment "banger base"  (guest to guest, bridged)
 //	    oifname BR ct state established,related accept               "banger base"
 //	    oifname BR drop                                               "banger base"
 //	    iifname BR drop                                               "banger base"
+//	  chain input       filter hook input, policy accept
+//	    iifname BR ip saddr VM ip daddr != 169.254.0.0/16 accept    "banger vm=ID" (--host-access)
+//	    iifname BR ct state established,related accept               "banger base"
+//	    iifname BR ip daddr GW udp dport 53 accept                    "banger base"
+//	    iifname BR ip daddr GW tcp dport 53 accept                    "banger base"
+//	    iifname BR drop                                               "banger base"
 //	  chain postrouting nat hook postrouting (srcnat)
-//	    ip saddr VM_IP oifname != BR masquerade comment "banger vm=ID"
+//	    ip saddr VM oifname != BR masquerade comment "banger vm=ID"
 //	table netdev banger
-//	  chain guard-TAP   filter hook ingress device TAP (one per running VM)
-//	    ether saddr != MAC drop; ip saddr != VM_IP drop; arp sender != MAC/VM_IP drop
+//	  chain bridge-in   filter hook ingress device BR, policy drop
+//	    ether type ip accept; ether type arp accept                  "banger base"
+//	  chain guard-TAP   filter hook ingress device TAP, policy drop (one per running VM)
+//	    ether saddr MAC ether type ip ip saddr VM accept
+//	    ether saddr MAC ether type arp (ethernet/ipv4 arp) sender MAC, VM accept
+//
+// The input chain is what keeps guests off the host: the hook sees every
+// packet for any local address, so keying on the bridge covers all of the
+// host's addresses, not just the gateway. The guard is an allowlist on the
+// TAP's ingress: a frame passes only with the VM's MAC and either IPv4 from
+// its address or ARP for it. It matches the Ethernet header's type field,
+// not the skb protocol: the kernel strips a VLAN tag before the ingress hook
+// and reports the inner protocol, while the header read by nft still shows
+// 802.1Q/802.1ad, so tagged frames fall to the drop policy. bridge-in drops
+// whatever else reaches the host through the bridge (IPv6 above all), a
+// second wall behind the guards and the bridge's disabled IPv6.
 //
 // Per-VM rules carry the VM id in their comment and are found and deleted by
 // it; the per-TAP chain is named after the TAP (durable in the VM row). When
@@ -41,12 +68,33 @@ import (
 const (
 	TableName     = "banger"
 	chainForward  = "forward"
+	chainInput    = "input"
 	chainPostNAT  = "postrouting"
+	chainBridgeIn = "bridge-in"
+	setNonPublic  = "nonpublic"
+	setRestoreFwd = "restore-ip-forward"
 	guardPrefix   = "guard-"
 	tagVMPrefix   = "banger vm="
 	tagBase       = "banger base"
 	ipForwardPath = "/proc/sys/net/ipv4/ip_forward"
 )
+
+// nonPublic are the IPv4 destinations a --nat guest reaches only with
+// --nat-private: private, shared, loopback, "this network", link-local,
+// multicast, reserved and broadcast. Link-local (metadata services) stays
+// blocked even then.
+var nonPublic = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("10.0.0.0/8"),
+	netip.MustParsePrefix("100.64.0.0/10"),
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.168.0.0/16"),
+	netip.MustParsePrefix("224.0.0.0/3"),
+}
+
+var linkLocal = netip.MustParsePrefix("169.254.0.0/16")
 
 // VMNet is what the firewall needs to know about one VM. Every field comes
 // from the VM's durable row.
@@ -56,6 +104,12 @@ type VMNet struct {
 	MAC net.HardwareAddr
 	Tap string
 	NAT bool // masquerade and forward the guest's traffic beyond the bridge
+	// NATPrivate lets a NAT guest reach private and special ranges beyond
+	// the host (never link-local).
+	NATPrivate bool
+	// HostAccess lets the guest reach services on any host address (never
+	// link-local); without it only the gateway's DNS answers.
+	HostAccess bool
 }
 
 // Firewall manages banger's nftables tables through netlink.
@@ -63,7 +117,8 @@ type Firewall struct {
 	Log *slog.Logger
 	Cfg Config
 	// NetNSFd, when > 0, is the network namespace to program (tests);
-	// otherwise the calling thread's namespace.
+	// otherwise the calling thread's namespace. ip_forward is always the
+	// calling thread's.
 	NetNSFd int
 
 	mu sync.Mutex
@@ -102,19 +157,66 @@ func forwardChain(t *nftables.Table) *nftables.Chain {
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept}
 }
 
+func inputChain(t *nftables.Table) *nftables.Chain {
+	accept := nftables.ChainPolicyAccept
+	return &nftables.Chain{Name: chainInput, Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept}
+}
+
 func postNATChain(t *nftables.Table) *nftables.Chain {
 	accept := nftables.ChainPolicyAccept
 	return &nftables.Chain{Name: chainPostNAT, Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept}
 }
 
+// ipChains are the chains of the ip table that hold per-VM rules.
+func ipChains(t *nftables.Table) []*nftables.Chain {
+	return []*nftables.Chain{forwardChain(t), inputChain(t), postNATChain(t)}
+}
+
+func bridgeInChain(t *nftables.Table, bridge string) *nftables.Chain {
+	drop := nftables.ChainPolicyDrop
+	return &nftables.Chain{Name: chainBridgeIn, Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookIngress, Priority: nftables.ChainPriorityFilter, Policy: &drop, Device: bridge}
+}
+
 // GuardChain is the name of the per-TAP anti-spoofing chain.
 func GuardChain(tap string) string { return guardPrefix + tap }
 
 func guardChain(t *nftables.Table, tap string) *nftables.Chain {
-	accept := nftables.ChainPolicyAccept
+	drop := nftables.ChainPolicyDrop
 	return &nftables.Chain{Name: GuardChain(tap), Table: t, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookIngress, Priority: nftables.ChainPriorityFilter, Policy: &accept, Device: tap}
+		Hooknum: nftables.ChainHookIngress, Priority: nftables.ChainPriorityFilter, Policy: &drop, Device: tap}
+}
+
+func nonPublicSet(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: setNonPublic, KeyType: nftables.TypeIPAddr, Interval: true}
+}
+
+// nonPublicElems are the set's intervals: start, then the first address
+// past the end (none for the range that ends the address space).
+func nonPublicElems() []nftables.SetElement {
+	var out []nftables.SetElement
+	for _, p := range nonPublic {
+		out = append(out, nftables.SetElement{Key: p.Addr().AsSlice()})
+		if end := lastAddr(p).Next(); end.IsValid() {
+			out = append(out, nftables.SetElement{Key: end.AsSlice(), IntervalEnd: true})
+		}
+	}
+	return out
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().As4()
+	v := binary.BigEndian.Uint32(a[:]) | (uint32(1)<<(32-p.Bits()) - 1)
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
+func restoreFwdSet(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: setRestoreFwd, KeyType: nftables.TypeIPAddr,
+		Comment: "banger set net.ipv4.ip_forward=1 (it was 0); 0 again when this table goes"}
 }
 
 func vmTag(id string) []byte { return userdata.AppendString(nil, userdata.TypeComment, tagVMPrefix+id) }
@@ -158,6 +260,31 @@ func payloadCmp(base expr.PayloadBase, off, n uint32, op expr.CmpOp, data []byte
 	}
 }
 
+// prefixCmp compares the IPv4 address at network-header offset off with a prefix.
+func prefixCmp(off uint32, op expr.CmpOp, p netip.Prefix) []expr.Any {
+	mask := net.CIDRMask(p.Bits(), 32)
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: op, Register: 1, Data: p.Masked().Addr().AsSlice()},
+	}
+}
+
+// l4Port matches the transport protocol and destination port.
+func l4Port(proto byte, port uint16) []expr.Any {
+	return join(metaCmp(expr.MetaKeyL4PROTO, expr.CmpOpEq, []byte{proto}),
+		payloadCmp(expr.PayloadBaseTransportHeader, 2, 2, expr.CmpOpEq, []byte{byte(port >> 8), byte(port)}))
+}
+
+func ctEstablished() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryNative(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED), Xor: binaryNative(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryNative(0)},
+	}
+}
+
 func verdict(k expr.VerdictKind) expr.Any { return &expr.Verdict{Kind: k} }
 
 func join(parts ...[]expr.Any) []expr.Any {
@@ -173,27 +300,78 @@ var (
 	ethARP = []byte{0x08, 0x06}
 )
 
-// baseRules are the static forward rules: guests talk to each other; the
-// outside reaches a guest only as a reply; a guest's traffic leaves the
-// bridge only when a per-VM rule (inserted before these) accepts it.
-func (f *Firewall) baseRules(t *nftables.Table, fwd *nftables.Chain) []*nftables.Rule {
-	br := ifname(f.Cfg.withDefaults().Bridge)
+// etherType matches the type field of the Ethernet header as it arrived
+// (a VLAN tag shows as 0x8100/0x88a8 here; see the package comment).
+func etherType(t []byte) []expr.Any {
+	return payloadCmp(expr.PayloadBaseLLHeader, 12, 2, expr.CmpOpEq, t)
+}
+
+// isEther is the link-type check nft itself puts before Ethernet header
+// matches in the netdev family (and needs to print them as `ether ...`).
+func isEther() []expr.Any {
+	return metaCmp(expr.MetaKeyIIFTYPE, expr.CmpOpEq, []byte{unix.ARPHRD_ETHER, 0})
+}
+
+// baseRules are the static rules of the ip table's chains: guests talk to
+// each other; the outside reaches a guest only as a reply; a guest's
+// traffic leaves the bridge, or reaches the host beyond its DNS, only when a
+// per-VM rule (inserted before these) accepts it.
+func (f *Firewall) baseRules(t *nftables.Table, chain string) []*nftables.Rule {
+	cfg := f.Cfg.withDefaults()
+	br := ifname(cfg.Bridge)
 	tag := userdata.AppendString(nil, userdata.TypeComment, tagBase)
-	mk := func(e []expr.Any) *nftables.Rule {
-		return &nftables.Rule{Table: t, Chain: fwd, Exprs: e, UserData: tag}
+	var ch *nftables.Chain
+	var exprs [][]expr.Any
+	fromBr := metaCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, br)
+	switch chain {
+	case chainForward:
+		ch = forwardChain(t)
+		toBr := metaCmp(expr.MetaKeyOIFNAME, expr.CmpOpEq, br)
+		exprs = [][]expr.Any{
+			join(fromBr, toBr, []expr.Any{verdict(expr.VerdictAccept)}),
+			join(toBr, ctEstablished(), []expr.Any{verdict(expr.VerdictAccept)}),
+			join(toBr, []expr.Any{verdict(expr.VerdictDrop)}),
+			join(fromBr, []expr.Any{verdict(expr.VerdictDrop)}),
+		}
+	case chainInput:
+		ch = inputChain(t)
+		gw := payloadCmp(expr.PayloadBaseNetworkHeader, 16, 4, expr.CmpOpEq, cfg.Gateway().AsSlice())
+		exprs = [][]expr.Any{
+			join(fromBr, ctEstablished(), []expr.Any{verdict(expr.VerdictAccept)}),
+			join(fromBr, gw, l4Port(unix.IPPROTO_UDP, 53), []expr.Any{verdict(expr.VerdictAccept)}),
+			join(fromBr, gw, l4Port(unix.IPPROTO_TCP, 53), []expr.Any{verdict(expr.VerdictAccept)}),
+			join(fromBr, []expr.Any{verdict(expr.VerdictDrop)}),
+		}
+	case chainBridgeIn:
+		ch = bridgeInChain(t, cfg.Bridge)
+		exprs = [][]expr.Any{
+			join(isEther(), etherType(ethIP), []expr.Any{verdict(expr.VerdictAccept)}),
+			join(isEther(), etherType(ethARP), []expr.Any{verdict(expr.VerdictAccept)}),
+		}
 	}
+	out := make([]*nftables.Rule, 0, len(exprs))
+	for _, e := range exprs {
+		out = append(out, &nftables.Rule{Table: t, Chain: ch, Exprs: e, UserData: tag})
+	}
+	return out
+}
+
+// guardRules is the TAP's allowlist.
+func guardRules(t *nftables.Table, g *nftables.Chain, v VMNet) []*nftables.Rule {
+	mac, ip := []byte(v.MAC), v.IP.AsSlice()
+	fromMAC := join(isEther(), payloadCmp(expr.PayloadBaseLLHeader, 6, 6, expr.CmpOpEq, mac))
+	nh := func(off, n uint32, data []byte) []expr.Any {
+		return payloadCmp(expr.PayloadBaseNetworkHeader, off, n, expr.CmpOpEq, data)
+	}
+	tag := vmTag(v.ID)
 	return []*nftables.Rule{
-		mk(join(metaCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), metaCmp(expr.MetaKeyOIFNAME, expr.CmpOpEq, br),
-			[]expr.Any{verdict(expr.VerdictAccept)})),
-		mk(join(metaCmp(expr.MetaKeyOIFNAME, expr.CmpOpEq, br), []expr.Any{
-			&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-				Mask: binaryNative(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED), Xor: binaryNative(0)},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryNative(0)},
-			verdict(expr.VerdictAccept),
-		})),
-		mk(join(metaCmp(expr.MetaKeyOIFNAME, expr.CmpOpEq, br), []expr.Any{verdict(expr.VerdictDrop)})),
-		mk(join(metaCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), []expr.Any{verdict(expr.VerdictDrop)})),
+		{Table: t, Chain: g, UserData: tag, Exprs: join(fromMAC, etherType(ethIP), nh(12, 4, ip),
+			[]expr.Any{verdict(expr.VerdictAccept)})},
+		// Ethernet/IPv4 ARP only (htype 1, ptype ip, hlen 6, plen 4), so the
+		// sender fields are where the next two compares read them.
+		{Table: t, Chain: g, UserData: tag, Exprs: join(fromMAC, etherType(ethARP),
+			nh(0, 2, []byte{0, 1}), nh(2, 2, ethIP), nh(4, 1, []byte{6}), nh(5, 1, []byte{4}),
+			nh(8, 6, mac), nh(14, 4, ip), []expr.Any{verdict(expr.VerdictAccept)})},
 	}
 }
 
@@ -206,10 +384,64 @@ func binaryNative(v uint32) []byte {
 
 // --- operations -------------------------------------------------------------
 
-// Apply installs a VM's rules: always the anti-spoofing chain on its TAP,
-// and, when v.NAT, the forward-accept and masquerade rules. Rules already
-// tagged with the VM's id are replaced, so Apply is idempotent. The TAP must
-// exist. With NAT, IPv4 forwarding is switched on for the namespace.
+// ensureBaseLocked creates banger's tables, chains, the nonpublic set and
+// the base rules where missing (a table left by an older banger gains what
+// it lacks). It only adds, so it never opens a gap in what is enforced.
+func (f *Firewall) ensureBaseLocked(c *nftables.Conn) error {
+	it, nt := ipTable(), netdevTable()
+	c.AddTable(it)
+	for _, ch := range ipChains(it) {
+		c.AddChain(ch)
+	}
+	c.AddTable(nt)
+	c.AddChain(bridgeInChain(nt, f.Cfg.withDefaults().Bridge))
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("firewall: create tables: %w", err)
+	}
+	sets, err := c.GetSets(it)
+	if err != nil {
+		return fmt.Errorf("firewall: list sets: %w", err)
+	}
+	haveSet := false
+	for _, st := range sets {
+		haveSet = haveSet || st.Name == setNonPublic
+	}
+	if !haveSet {
+		if err := c.AddSet(nonPublicSet(it), nonPublicElems()); err != nil {
+			return fmt.Errorf("firewall: set %s: %w", setNonPublic, err)
+		}
+	}
+	for _, ch := range []struct {
+		t    *nftables.Table
+		name string
+	}{{it, chainForward}, {it, chainInput}, {nt, chainBridgeIn}} {
+		rules, err := c.GetRules(ch.t, &nftables.Chain{Name: ch.name, Table: ch.t})
+		if err != nil {
+			return fmt.Errorf("firewall: list %s rules: %w", ch.name, err)
+		}
+		have := false
+		for _, r := range rules {
+			have = have || ruleComment(r) == tagBase
+		}
+		if !have {
+			for _, r := range f.baseRules(ch.t, ch.name) {
+				c.AddRule(r)
+			}
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("firewall: base rules: %w", err)
+	}
+	return nil
+}
+
+// Apply installs a VM's rules: always the allowlist chain on its TAP; with
+// v.NAT the forward-accept (to public destinations, or with v.NATPrivate to
+// all but link-local) and masquerade rules; with v.HostAccess an input
+// accept for the host's addresses. The VM's previous rules are replaced in
+// the same transaction, so Apply is idempotent and a re-apply (reconcile)
+// never leaves the TAP unguarded. The TAP must exist. With NAT, IPv4
+// forwarding is switched on (and restored when the tables go).
 func (f *Firewall) Apply(ctx context.Context, v VMNet) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -219,61 +451,42 @@ func (f *Firewall) Apply(ctx context.Context, v VMNet) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.removeLocked(v.ID, v.Tap, false); err != nil {
-		return err
-	}
 	c, err := f.conn()
 	if err != nil {
 		return err
 	}
+	if err := f.ensureBaseLocked(c); err != nil {
+		return err
+	}
 	it, nt := ipTable(), netdevTable()
-	c.AddTable(it)
-	fwd := c.AddChain(forwardChain(it))
-	post := c.AddChain(postNATChain(it))
-	c.AddTable(nt)
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("firewall: create tables: %w", err)
+	if _, err := f.delTaggedLocked(c, v.ID); err != nil {
+		return err
 	}
-	rules, err := c.GetRules(it, fwd)
-	if err != nil {
-		return fmt.Errorf("firewall: list forward rules: %w", err)
-	}
-	haveBase := false
-	for _, r := range rules {
-		if ruleComment(r) == tagBase {
-			haveBase = true
-		}
-	}
-	if !haveBase {
-		for _, r := range f.baseRules(it, fwd) {
-			c.AddRule(r)
-		}
-	}
-
 	br := ifname(f.Cfg.withDefaults().Bridge)
 	ip := v.IP.AsSlice()
 	tag := vmTag(v.ID)
-	// Anti-spoofing on the TAP's ingress: the guest may only send from its own MAC and IP.
 	g := c.AddChain(guardChain(nt, v.Tap))
-	mac := []byte(v.MAC)
-	for _, e := range [][]expr.Any{
-		join(metaCmp(expr.MetaKeyIIFTYPE, expr.CmpOpEq, []byte{unix.ARPHRD_ETHER, 0}),
-			payloadCmp(expr.PayloadBaseLLHeader, 6, 6, expr.CmpOpNeq, mac), []expr.Any{verdict(expr.VerdictDrop)}),
-		join(metaCmp(expr.MetaKeyPROTOCOL, expr.CmpOpEq, ethIP),
-			payloadCmp(expr.PayloadBaseNetworkHeader, 12, 4, expr.CmpOpNeq, ip), []expr.Any{verdict(expr.VerdictDrop)}),
-		join(metaCmp(expr.MetaKeyPROTOCOL, expr.CmpOpEq, ethARP),
-			payloadCmp(expr.PayloadBaseNetworkHeader, 8, 6, expr.CmpOpNeq, mac), []expr.Any{verdict(expr.VerdictDrop)}),
-		join(metaCmp(expr.MetaKeyPROTOCOL, expr.CmpOpEq, ethARP),
-			payloadCmp(expr.PayloadBaseNetworkHeader, 14, 4, expr.CmpOpNeq, ip), []expr.Any{verdict(expr.VerdictDrop)}),
-	} {
-		c.AddRule(&nftables.Rule{Table: nt, Chain: g, Exprs: e, UserData: tag})
+	c.FlushChain(g)
+	for _, r := range guardRules(nt, g, v) {
+		c.AddRule(r)
+	}
+	fromVM := join(metaCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, br),
+		payloadCmp(expr.PayloadBaseNetworkHeader, 12, 4, expr.CmpOpEq, ip))
+	notLinkLocal := prefixCmp(16, expr.CmpOpNeq, linkLocal)
+	accept := []expr.Any{verdict(expr.VerdictAccept)}
+	if v.HostAccess {
+		c.InsertRule(&nftables.Rule{Table: it, Chain: inputChain(it), UserData: tag, Exprs: join(fromVM, notLinkLocal, accept)})
 	}
 	if v.NAT {
-		c.InsertRule(&nftables.Rule{Table: it, Chain: fwd, UserData: tag, Exprs: join(
-			metaCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, br),
-			payloadCmp(expr.PayloadBaseNetworkHeader, 12, 4, expr.CmpOpEq, ip),
-			[]expr.Any{verdict(expr.VerdictAccept)})})
-		c.AddRule(&nftables.Rule{Table: it, Chain: post, UserData: tag, Exprs: join(
+		dst := notLinkLocal
+		if !v.NATPrivate {
+			dst = []expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+				&expr.Lookup{SourceRegister: 1, SetName: setNonPublic, Invert: true},
+			}
+		}
+		c.InsertRule(&nftables.Rule{Table: it, Chain: forwardChain(it), UserData: tag, Exprs: join(fromVM, dst, accept)})
+		c.AddRule(&nftables.Rule{Table: it, Chain: postNATChain(it), UserData: tag, Exprs: join(
 			payloadCmp(expr.PayloadBaseNetworkHeader, 12, 4, expr.CmpOpEq, ip),
 			metaCmp(expr.MetaKeyOIFNAME, expr.CmpOpNeq, br),
 			[]expr.Any{&expr.Masq{}})})
@@ -286,22 +499,37 @@ func (f *Firewall) Apply(ctx context.Context, v VMNet) error {
 		return err
 	}
 	if v.NAT {
-		if err := enableForwarding(); err != nil {
+		if err := f.enableForwardingLocked(c); err != nil {
 			return err
 		}
 	}
-	f.log().InfoContext(ctx, "firewall rules applied", "vm", v.ID, "tap", v.Tap, "ip", v.IP, "nat", v.NAT)
+	f.log().InfoContext(ctx, "firewall rules applied", "vm", v.ID, "tap", v.Tap, "ip", v.IP, "nat", v.NAT,
+		"nat_private", v.NATPrivate, "host_access", v.HostAccess)
 	return nil
 }
 
-func enableForwarding() error {
+// enableForwardingLocked turns net.ipv4.ip_forward on. When banger is the
+// one switching it on, it first records that in the ruleset (the
+// restore-ip-forward set), which survives a daemon killed at any point and
+// goes with the tables: dropEmptyLocked switches forwarding back off.
+func (f *Firewall) enableForwardingLocked(c *nftables.Conn) error {
 	b, err := os.ReadFile(ipForwardPath)
-	if err == nil && strings.TrimSpace(string(b)) == "1" {
+	if err != nil {
+		return fmt.Errorf("firewall: read ipv4 forwarding: %w", err)
+	}
+	if strings.TrimSpace(string(b)) == "1" {
 		return nil
+	}
+	if err := c.AddSet(restoreFwdSet(ipTable()), nil); err != nil {
+		return fmt.Errorf("firewall: record ip_forward: %w", err)
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("firewall: record ip_forward: %w", err)
 	}
 	if err := os.WriteFile(ipForwardPath, []byte("1\n"), 0o644); err != nil {
 		return fmt.Errorf("firewall: enable ipv4 forwarding: %w", err)
 	}
+	f.log().Info("firewall: ipv4 forwarding enabled (was off; restored when the last vm rule goes)")
 	return nil
 }
 
@@ -349,7 +577,7 @@ func (f *Firewall) Prune(ctx context.Context, keep map[string]string) error {
 	ids := map[string]bool{}
 	taps := map[string]bool{}
 	it := ipTable()
-	for _, ch := range []*nftables.Chain{forwardChain(it), postNATChain(it)} {
+	for _, ch := range ipChains(it) {
 		rules, err := c.GetRules(it, ch)
 		if isNoEnt(err) {
 			continue
@@ -399,6 +627,32 @@ func (f *Firewall) Prune(ctx context.Context, keep map[string]string) error {
 
 func isNoEnt(err error) bool { return err != nil && errors.Is(err, unix.ENOENT) }
 
+// delTaggedLocked queues the deletion of every ip-table rule tagged with the
+// VM's id on c (not flushed) and returns how many.
+func (f *Firewall) delTaggedLocked(c *nftables.Conn, id string) (int, error) {
+	it := ipTable()
+	want := tagVMPrefix + id
+	n := 0
+	for _, ch := range ipChains(it) {
+		rules, err := c.GetRules(it, ch)
+		if isNoEnt(err) {
+			continue
+		}
+		if err != nil {
+			return n, fmt.Errorf("firewall: list %s: %w", ch.Name, err)
+		}
+		for _, r := range rules {
+			if ruleComment(r) == want {
+				if err := c.DelRule(r); err != nil {
+					return n, fmt.Errorf("firewall: delete rule: %w", err)
+				}
+				n++
+			}
+		}
+	}
+	return n, nil
+}
+
 // removeLocked deletes the VM's tagged rules (id != "") and the TAP's guard
 // chain (tap != ""), then, if dropEmpty, banger's tables once unused.
 func (f *Firewall) removeLocked(id, tap string, dropEmpty bool) error {
@@ -408,24 +662,8 @@ func (f *Firewall) removeLocked(id, tap string, dropEmpty bool) error {
 	}
 	n := 0
 	if id != "" {
-		it := ipTable()
-		want := tagVMPrefix + id
-		for _, ch := range []*nftables.Chain{forwardChain(it), postNATChain(it)} {
-			rules, err := c.GetRules(it, ch)
-			if isNoEnt(err) {
-				continue
-			}
-			if err != nil {
-				return fmt.Errorf("firewall: list %s: %w", ch.Name, err)
-			}
-			for _, r := range rules {
-				if ruleComment(r) == want {
-					if err := c.DelRule(r); err != nil {
-						return fmt.Errorf("firewall: delete rule: %w", err)
-					}
-					n++
-				}
-			}
+		if n, err = f.delTaggedLocked(c, id); err != nil {
+			return err
 		}
 	}
 	if tap != "" {
@@ -455,7 +693,8 @@ func (f *Firewall) removeLocked(id, tap string, dropEmpty bool) error {
 	return nil
 }
 
-// dropEmptyLocked deletes banger's tables when no VM holds anything in them.
+// dropEmptyLocked deletes banger's tables when no VM holds anything in them,
+// first switching IPv4 forwarding back off if banger switched it on.
 func (f *Firewall) dropEmptyLocked() error {
 	c, err := f.conn()
 	if err != nil {
@@ -464,23 +703,22 @@ func (f *Firewall) dropEmptyLocked() error {
 	it, nt := ipTable(), netdevTable()
 	used := false
 	ipExists := false
-	for _, ch := range []*nftables.Chain{forwardChain(it), postNATChain(it)} {
-		rules, err := c.GetRules(it, ch)
-		if isNoEnt(err) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("firewall: list %s: %w", ch.Name, err)
-		}
-		ipExists = true
-		for _, r := range rules {
-			if strings.HasPrefix(ruleComment(r), tagVMPrefix) {
-				used = true
-			}
-		}
-	}
 	if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyIPv4); err == nil {
 		ipExists = true
+		for _, ch := range ipChains(it) {
+			rules, err := c.GetRules(it, ch)
+			if isNoEnt(err) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("firewall: list %s: %w", ch.Name, err)
+			}
+			for _, r := range rules {
+				if strings.HasPrefix(ruleComment(r), tagVMPrefix) {
+					used = true
+				}
+			}
+		}
 	}
 	ntExists := false
 	if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyNetdev); err == nil {
@@ -490,7 +728,7 @@ func (f *Firewall) dropEmptyLocked() error {
 			return fmt.Errorf("firewall: list netdev chains: %w", err)
 		}
 		for _, ch := range chains {
-			if ch.Table.Name == TableName {
+			if ch.Table.Name == TableName && strings.HasPrefix(ch.Name, guardPrefix) {
 				used = true
 			}
 		}
@@ -499,6 +737,10 @@ func (f *Firewall) dropEmptyLocked() error {
 		return nil
 	}
 	if ipExists {
+		// Restore before deleting: a crash in between restores again next time.
+		if err := f.restoreForwardingLocked(c); err != nil {
+			return err
+		}
 		c.DelTable(it)
 	}
 	if ntExists {
@@ -506,6 +748,23 @@ func (f *Firewall) dropEmptyLocked() error {
 	}
 	if err := c.Flush(); err != nil && !isNoEnt(err) {
 		return fmt.Errorf("firewall: delete tables: %w", err)
+	}
+	return nil
+}
+
+func (f *Firewall) restoreForwardingLocked(c *nftables.Conn) error {
+	sets, err := c.GetSets(ipTable())
+	if err != nil && !isNoEnt(err) {
+		return fmt.Errorf("firewall: list sets: %w", err)
+	}
+	for _, st := range sets {
+		if st.Name != setRestoreFwd {
+			continue
+		}
+		if err := os.WriteFile(ipForwardPath, []byte("0\n"), 0o644); err != nil {
+			return fmt.Errorf("firewall: restore ipv4 forwarding: %w", err)
+		}
+		f.log().Info("firewall: ipv4 forwarding restored to off")
 	}
 	return nil
 }

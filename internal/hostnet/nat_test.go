@@ -63,105 +63,207 @@ func vmNet(id, ip, tap string, nat bool) VMNet {
 	return VMNet{ID: id, IP: a, MAC: MACForIP(a), Tap: tap, NAT: nat}
 }
 
-const wantTwoVMs = `
+func setIPForward(t *testing.T, v string) {
+	t.Helper()
+	if err := os.WriteFile(ipForwardPath, []byte(v+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func ipForward(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(ipForwardPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// wantRuleset is the full ruleset with bgtest0/10.77.0.0/24: the base sets,
+// chains and rules every non-empty ruleset has, plus the per-VM parts.
+func wantRuleset(restoreSet bool, forward, input, post, guards string) string {
+	set := ""
+	if restoreSet {
+		set = `set restore-ip-forward {
+type ipv4_addr
+comment "banger set net.ipv4.ip_forward=1 (it was 0); 0 again when this table goes"
+}`
+	}
+	return normalize(fmt.Sprintf(`
 table ip banger {
+set nonpublic {
+type ipv4_addr
+flags interval
+elements = { 0.0.0.0/8, 10.0.0.0/8,
+100.64.0.0/10, 127.0.0.0/8,
+169.254.0.0/16, 172.16.0.0/12,
+192.168.0.0/16, 224.0.0.0/3 }
+}
+%s
 chain forward {
 type filter hook forward priority filter; policy accept;
-iifname "bgtest0" ip saddr 10.77.0.2 accept comment "banger vm=aaa"
+%s
 iifname "bgtest0" oifname "bgtest0" accept comment "banger base"
 oifname "bgtest0" ct state established,related accept comment "banger base"
 oifname "bgtest0" drop comment "banger base"
 iifname "bgtest0" drop comment "banger base"
 }
+chain input {
+type filter hook input priority filter; policy accept;
+%s
+iifname "bgtest0" ct state established,related accept comment "banger base"
+iifname "bgtest0" ip daddr 10.77.0.1 udp dport 53 accept comment "banger base"
+iifname "bgtest0" ip daddr 10.77.0.1 tcp dport 53 accept comment "banger base"
+iifname "bgtest0" drop comment "banger base"
+}
 chain postrouting {
 type nat hook postrouting priority srcnat; policy accept;
-ip saddr 10.77.0.2 oifname != "bgtest0" masquerade comment "banger vm=aaa"
+%s
 }
 }
 table netdev banger {
-chain guard-bgr-aaa {
-type filter hook ingress device "bgr-aaa" priority filter; policy accept;
-ether saddr != 02:ba:0a:4d:00:02 drop comment "banger vm=aaa"
-ip saddr != 10.77.0.2 drop comment "banger vm=aaa"
-arp saddr ether != 02:ba:0a:4d:00:02 drop comment "banger vm=aaa"
-arp saddr ip != 10.77.0.2 drop comment "banger vm=aaa"
+chain bridge-in {
+type filter hook ingress device "bgtest0" priority filter; policy drop;
+ether type ip accept comment "banger base"
+ether type arp accept comment "banger base"
 }
-chain guard-bgr-bbb {
-type filter hook ingress device "bgr-bbb" priority filter; policy accept;
-ether saddr != 02:ba:0a:4d:00:03 drop comment "banger vm=bbb"
-ip saddr != 10.77.0.3 drop comment "banger vm=bbb"
-arp saddr ether != 02:ba:0a:4d:00:03 drop comment "banger vm=bbb"
-arp saddr ip != 10.77.0.3 drop comment "banger vm=bbb"
+%s
+}`, set, forward, input, post, guards))
 }
-}`
 
+func guardText(id, ip, tap string) string {
+	mac := MACForIP(netip.MustParseAddr(ip))
+	return fmt.Sprintf(`chain guard-%[3]s {
+type filter hook ingress device "%[3]s" priority filter; policy drop;
+ether saddr %[4]s ip saddr %[2]s accept comment "banger vm=%[1]s"
+ether saddr %[4]s arp htype 1 arp ptype ip arp hlen 6 arp plen 4 arp saddr ether %[4]s arp saddr ip %[2]s accept comment "banger vm=%[1]s"
+}`, id, ip, tap, mac)
+}
+
+// Three VMs: aaa with --nat, bbb with nothing, ccc with --nat --nat-private --host-access.
 func TestFirewallApplyRemove(t *testing.T) {
 	fw, m := testFirewall(t)
 	ctx := context.Background()
 	before := nftRuleset(t)
-	for _, tap := range []string{"bgr-aaa", "bgr-bbb"} {
+	setIPForward(t, "0")
+	for _, tap := range []string{"bgr-aaa", "bgr-bbb", "bgr-ccc"} {
 		if err := m.CreateTap(ctx, tap, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
 	a, b := vmNet("aaa", "10.77.0.2", "bgr-aaa", true), vmNet("bbb", "10.77.0.3", "bgr-bbb", false)
+	c := vmNet("ccc", "10.77.0.4", "bgr-ccc", true)
+	c.NATPrivate, c.HostAccess = true, true
 	for i := 0; i < 2; i++ { // idempotent
-		if err := fw.Apply(ctx, a); err != nil {
-			t.Fatal(err)
+		for _, v := range []VMNet{a, b, c} {
+			if err := fw.Apply(ctx, v); err != nil {
+				t.Fatal(err)
+			}
 		}
-		if err := fw.Apply(ctx, b); err != nil {
-			t.Fatal(err)
+	}
+	check := func(when, want string) {
+		t.Helper()
+		if got := normalize(nftRuleset(t)); got != want {
+			t.Fatalf("ruleset %s:\n%s\nwant:\n%s", when, got, want)
 		}
 	}
-	if got := normalize(nftRuleset(t)); got != normalize(wantTwoVMs) {
-		t.Fatalf("ruleset:\n%s\nwant:\n%s", got, normalize(wantTwoVMs))
+	guards := guardText("aaa", "10.77.0.2", "bgr-aaa") + "\n" + guardText("bbb", "10.77.0.3", "bgr-bbb") + "\n" +
+		guardText("ccc", "10.77.0.4", "bgr-ccc")
+	check("with three vms", wantRuleset(true,
+		`iifname "bgtest0" ip saddr 10.77.0.4 ip daddr != 169.254.0.0/16 accept comment "banger vm=ccc"
+iifname "bgtest0" ip saddr 10.77.0.2 ip daddr != @nonpublic accept comment "banger vm=aaa"`,
+		`iifname "bgtest0" ip saddr 10.77.0.4 ip daddr != 169.254.0.0/16 accept comment "banger vm=ccc"`,
+		`ip saddr 10.77.0.2 oifname != "bgtest0" masquerade comment "banger vm=aaa"
+ip saddr 10.77.0.4 oifname != "bgtest0" masquerade comment "banger vm=ccc"`, guards))
+	if got := ipForward(t); got != "1" {
+		t.Errorf("ip_forward = %s, want 1", got)
 	}
-	if b, _ := os.ReadFile(ipForwardPath); strings.TrimSpace(string(b)) != "1" {
-		t.Errorf("ip_forward = %q, want 1", b)
-	}
+
 	// NAT off for a: its forward/masquerade rules go, the guard stays.
 	a.NAT = false
 	if err := fw.Apply(ctx, a); err != nil {
 		t.Fatal(err)
 	}
-	got := nftRuleset(t)
-	if strings.Contains(got, "masquerade") || strings.Contains(got, "10.77.0.2 accept") {
-		t.Fatalf("nat rules left after nat off:\n%s", got)
-	}
-	if !strings.Contains(got, "guard-bgr-aaa") {
-		t.Fatalf("guard chain gone:\n%s", got)
-	}
+	check("after nat off for aaa", wantRuleset(true,
+		`iifname "bgtest0" ip saddr 10.77.0.4 ip daddr != 169.254.0.0/16 accept comment "banger vm=ccc"`,
+		`iifname "bgtest0" ip saddr 10.77.0.4 ip daddr != 169.254.0.0/16 accept comment "banger vm=ccc"`,
+		`ip saddr 10.77.0.4 oifname != "bgtest0" masquerade comment "banger vm=ccc"`, guards))
 	if err := fw.Remove(ctx, "aaa", "bgr-aaa"); err != nil {
 		t.Fatal(err)
 	}
-	if got := nftRuleset(t); strings.Contains(got, "aaa") || !strings.Contains(got, "guard-bgr-bbb") {
-		t.Fatalf("after removing aaa:\n%s", got)
+	// ccc's opt-ins dropped: a plain --nat guest again.
+	c.NATPrivate, c.HostAccess = false, false
+	if err := fw.Apply(ctx, c); err != nil {
+		t.Fatal(err)
 	}
-	// The TAP goes first (as after a crash): the chain must still be removable.
+	check("after removing aaa and ccc's opt-ins", wantRuleset(true,
+		`iifname "bgtest0" ip saddr 10.77.0.4 ip daddr != @nonpublic accept comment "banger vm=ccc"`, ``,
+		`ip saddr 10.77.0.4 oifname != "bgtest0" masquerade comment "banger vm=ccc"`,
+		guardText("bbb", "10.77.0.3", "bgr-bbb")+"\n"+guardText("ccc", "10.77.0.4", "bgr-ccc")))
+	if err := fw.Remove(ctx, "ccc", "bgr-ccc"); err != nil {
+		t.Fatal(err)
+	}
+	check("after removing ccc", wantRuleset(true, ``, ``, ``, guardText("bbb", "10.77.0.3", "bgr-bbb")))
+	if got := ipForward(t); got != "1" {
+		t.Errorf("ip_forward = %s while banger rules remain, want 1", got)
+	}
+	// The TAP goes first (as after a crash): the chain must still be
+	// removable. A fresh Firewall (a daemon restarted after kill -9) still
+	// knows to restore ip_forward.
 	if err := m.DeleteTap(ctx, "bgr-bbb"); err != nil {
 		t.Fatal(err)
 	}
-	if err := fw.Remove(ctx, "bbb", "bgr-bbb"); err != nil {
+	fw2 := &Firewall{Cfg: fw.Cfg, NetNSFd: fw.NetNSFd}
+	if err := fw2.Remove(ctx, "bbb", "bgr-bbb"); err != nil {
 		t.Fatal(err)
 	}
-	if err := fw.Remove(ctx, "bbb", "bgr-bbb"); err != nil { // again: nothing left is success
+	if err := fw2.Remove(ctx, "bbb", "bgr-bbb"); err != nil { // again: nothing left is success
 		t.Fatal(err)
 	}
 	if got := nftRuleset(t); got != before {
 		t.Fatalf("ruleset after removing everything:\n%s\nwant:\n%s", got, before)
+	}
+	if got := ipForward(t); got != "0" {
+		t.Errorf("ip_forward = %s after the last rule went, want 0 (its value before banger)", got)
+	}
+}
+
+// ip_forward already on before banger: left on, and nothing is recorded.
+func TestFirewallKeepsForwardingItDidNotSet(t *testing.T) {
+	fw, m := testFirewall(t)
+	ctx := context.Background()
+	setIPForward(t, "1")
+	if err := m.CreateTap(ctx, "bgr-aaa", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Apply(ctx, vmNet("aaa", "10.77.0.2", "bgr-aaa", true)); err != nil {
+		t.Fatal(err)
+	}
+	want := wantRuleset(false, `iifname "bgtest0" ip saddr 10.77.0.2 ip daddr != @nonpublic accept comment "banger vm=aaa"`, ``,
+		`ip saddr 10.77.0.2 oifname != "bgtest0" masquerade comment "banger vm=aaa"`, guardText("aaa", "10.77.0.2", "bgr-aaa"))
+	if got := normalize(nftRuleset(t)); got != want {
+		t.Fatalf("ruleset:\n%s\nwant:\n%s", got, want)
+	}
+	if err := fw.Remove(ctx, "aaa", "bgr-aaa"); err != nil {
+		t.Fatal(err)
+	}
+	if got := ipForward(t); got != "1" {
+		t.Errorf("ip_forward = %s, want 1 (it was on before banger)", got)
 	}
 }
 
 func TestFirewallPrune(t *testing.T) {
 	fw, m := testFirewall(t)
 	ctx := context.Background()
+	setIPForward(t, "0")
 	for _, tap := range []string{"bgr-aaa", "bgr-bbb", "bgr-ccc"} {
 		if err := m.CreateTap(ctx, tap, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, v := range []VMNet{vmNet("aaa", "10.77.0.2", "bgr-aaa", true), vmNet("bbb", "10.77.0.3", "bgr-bbb", true),
-		vmNet("ccc", "10.77.0.4", "bgr-ccc", false)} {
+	ccc := vmNet("ccc", "10.77.0.4", "bgr-ccc", false)
+	ccc.HostAccess = true
+	for _, v := range []VMNet{vmNet("aaa", "10.77.0.2", "bgr-aaa", true), vmNet("bbb", "10.77.0.3", "bgr-bbb", true), ccc} {
 		if err := fw.Apply(ctx, v); err != nil {
 			t.Fatal(err)
 		}
@@ -169,16 +271,19 @@ func TestFirewallPrune(t *testing.T) {
 	if err := fw.Prune(ctx, map[string]string{"bbb": "bgr-bbb"}); err != nil {
 		t.Fatal(err)
 	}
-	got := nftRuleset(t)
-	if strings.Contains(got, "aaa") || strings.Contains(got, "ccc") || !strings.Contains(got, "banger vm=bbb") ||
-		!strings.Contains(got, "guard-bgr-bbb") || !strings.Contains(got, "banger base") {
-		t.Fatalf("after prune:\n%s", got)
+	want := wantRuleset(true, `iifname "bgtest0" ip saddr 10.77.0.3 ip daddr != @nonpublic accept comment "banger vm=bbb"`, ``,
+		`ip saddr 10.77.0.3 oifname != "bgtest0" masquerade comment "banger vm=bbb"`, guardText("bbb", "10.77.0.3", "bgr-bbb"))
+	if got := normalize(nftRuleset(t)); got != want {
+		t.Fatalf("after prune:\n%s\nwant:\n%s", got, want)
 	}
 	if err := fw.Prune(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := nftRuleset(t); got != "" {
 		t.Fatalf("after pruning everything:\n%s", got)
+	}
+	if got := ipForward(t); got != "0" {
+		t.Errorf("ip_forward = %s after pruning everything, want 0", got)
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -59,13 +61,23 @@ func TestPoolTapsAndRelease(t *testing.T) {
 	if link.Attrs().Flags&net.FlagUp != 0 || link.Attrs().MasterIndex != br.Attrs().Index {
 		t.Fatalf("released tap: flags %v master %d", link.Attrs().Flags, link.Attrs().MasterIndex)
 	}
-	// Reacquire: up again, re-owned.
+	// Reacquire: up again, re-owned, and IPv6 off again even if someone
+	// switched it back on while the TAP sat in the pool.
+	for _, k := range []string{"disable_ipv6=0", "accept_ra=1", "autoconf=1"} {
+		kv := strings.SplitN(k, "=", 2)
+		if err := os.WriteFile(filepath.Join(ipv6Conf, "bgr-p2", kv[0]), []byte(kv[1]), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := m.CreateTap(ctx, "bgr-p2", 2000); err != nil {
 		t.Fatal(err)
 	}
 	link, _ = netlink.LinkByName("bgr-p2")
 	if link.Attrs().Flags&net.FlagUp == 0 || sysfsOwner(t, "bgr-p2") != "2000" {
 		t.Fatalf("reacquired tap: flags %v", link.Attrs().Flags)
+	}
+	if got := ipv6State(t, "bgr-p2"); got != ipv6Off {
+		t.Fatalf("reacquired tap ipv6: %s, want %s", got, ipv6Off)
 	}
 	if err := m.ReleaseTap(ctx, "bgr-p9"); err != nil {
 		t.Fatalf("release missing: %v", err)

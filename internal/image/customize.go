@@ -134,6 +134,13 @@ var generatorDirs = []struct{ src, mask string }{
 // files inside dir (symlinks in the tree are never followed out of it), and
 // running it twice gives the same tree.
 func Customize(dir string, agentPath string) error {
+	return customize(dir, agentPath, nil)
+}
+
+// customize is Customize keeping owners (the build's side table) true: what
+// it removes or replaces is forgotten (new files are root's), what it chmods
+// gets that mode.
+func customize(dir, agentPath string, owners *Owners) error {
 	st, err := os.Stat(dir)
 	if err != nil {
 		return fmt.Errorf("customize: %w", err)
@@ -146,7 +153,7 @@ func Customize(dir string, agentPath string) error {
 		return fmt.Errorf("customize: %w", err)
 	}
 	defer root.Close()
-	c := customizer{root: root}
+	c := customizer{root: root, owners: owners}
 	steps := []struct {
 		name string
 		fn   func() error
@@ -166,7 +173,10 @@ func Customize(dir string, agentPath string) error {
 	return nil
 }
 
-type customizer struct{ root *os.Root }
+type customizer struct {
+	root   *os.Root
+	owners *Owners
+}
 
 func (c customizer) ssh() error {
 	ents, err := c.readDir("etc/ssh")
@@ -179,6 +189,7 @@ func (c customizer) ssh() error {
 			if err := c.root.Remove(path.Join("etc/ssh", e.Name())); err != nil {
 				return err
 			}
+			c.owners.forget(path.Join("etc/ssh", e.Name()))
 		}
 	}
 	if err := c.root.MkdirAll(authorizedKeysD, 0o755); err != nil {
@@ -187,6 +198,7 @@ func (c customizer) ssh() error {
 	if err := c.root.Chmod(authorizedKeysD, 0o755); err != nil {
 		return err
 	}
+	c.owners.setMode(authorizedKeysD, 0o755)
 	if err := c.writeFile(sshdDropIn, []byte(sshdConfig), 0o644); err != nil {
 		return err
 	}
@@ -260,6 +272,7 @@ func (c customizer) identity() error {
 		if err := c.root.Remove("var/lib/dbus/machine-id"); err != nil {
 			return err
 		}
+		c.owners.forget("var/lib/dbus/machine-id")
 	}
 	// mmdebstrap copies these from the build host; the seed provides the real ones.
 	if err := c.writeFile("etc/hostname", []byte("banger\n"), 0o644); err != nil {
@@ -281,6 +294,7 @@ func (c customizer) rootHome() error {
 		if err := c.root.Remove("root"); err != nil {
 			return err
 		}
+		c.owners.forget("root")
 	}
 	if err := c.root.MkdirAll("root", 0o700); err != nil {
 		return err
@@ -288,6 +302,7 @@ func (c customizer) rootHome() error {
 	if err := c.root.Chmod("root", 0o700); err != nil {
 		return err
 	}
+	c.owners.setMode("root", 0o700)
 	ents, err := c.readDir("root")
 	if err != nil {
 		return err
@@ -296,6 +311,7 @@ func (c customizer) rootHome() error {
 		if err := c.root.RemoveAll(path.Join("root", e.Name())); err != nil {
 			return err
 		}
+		c.owners.forget(path.Join("root", e.Name()))
 	}
 	return nil
 }
@@ -368,6 +384,7 @@ func (c customizer) prepare(name string) error {
 	case fi.IsDir():
 		return fmt.Errorf("%s is a directory", name)
 	}
+	c.owners.forget(name)
 	return c.root.Remove(name)
 }
 

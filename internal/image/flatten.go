@@ -18,7 +18,6 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/klauspost/compress/zstd"
-	"golang.org/x/sys/unix"
 
 	"github.com/banger-dev/banger/internal/api"
 )
@@ -29,11 +28,14 @@ type Limits struct {
 	MaxLayerBytes int64 // uncompressed bytes of one layer
 	MaxTotalBytes int64 // uncompressed bytes of all layers together
 	MaxEntries    int   // tar entries of all layers together
+	// MaxXattrBytes bounds the xattr names and values of all entries
+	// together, which the Owners table holds in memory until the stamp.
+	MaxXattrBytes int64
 }
 
 // DefaultLimits are generous for real root file systems and small enough
 // that a decompression bomb fails long before the disk fills up.
-var DefaultLimits = Limits{MaxLayerBytes: 8 << 30, MaxTotalBytes: 16 << 30, MaxEntries: 1_000_000}
+var DefaultLimits = Limits{MaxLayerBytes: 8 << 30, MaxTotalBytes: 16 << 30, MaxEntries: 1_000_000, MaxXattrBytes: 64 << 20}
 
 func (l Limits) withDefaults() Limits {
 	if l.MaxLayerBytes <= 0 {
@@ -44,6 +46,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxEntries <= 0 {
 		l.MaxEntries = DefaultLimits.MaxEntries
+	}
+	if l.MaxXattrBytes <= 0 {
+		l.MaxXattrBytes = DefaultLimits.MaxXattrBytes
 	}
 	return l
 }
@@ -60,6 +65,9 @@ type FlattenStats struct {
 	Layers, Entries int
 	Bytes           int64    // uncompressed tar bytes read
 	Skipped         []string // device nodes and FIFOs left out (see Flatten)
+	// Owners holds each entry's owner, group, full mode and xattrs, which
+	// the staging tree does not carry (see Owners); stamp them into the ext4.
+	Owners *Owners
 }
 
 // Whiteout markers of the OCI layer format.
@@ -72,9 +80,10 @@ const (
 const maxSymlinkHops = 40
 
 // Flatten applies layers, lowest first, onto dir, which must exist and be
-// empty. It runs as root so owners are real: Lchown comes before chmod
-// (chown clears setuid/setgid), xattrs after both (chown clears
-// security.capability).
+// empty. It needs no privilege: nothing is chowned, no setuid/setgid/sticky
+// bit or xattr is applied on the host; each entry's owner, group, full mode
+// and xattrs go into FlattenStats.Owners, which the build stamps into the
+// ext4 image with debugfs after mkfs.ext4 -d.
 //
 // Safety: every path is resolved by this code, component by component,
 // inside the root; nothing is ever opened through a path that leaves it
@@ -97,7 +106,8 @@ func Flatten(ctx context.Context, dir string, layers []v1.Layer, limits Limits, 
 		return FlattenStats{}, fmt.Errorf("flatten: %w", err)
 	}
 	defer root.Close()
-	f := &flattener{root: root, limits: limits.withDefaults(), log: log}
+	f := &flattener{root: root, limits: limits.withDefaults(), log: log, owners: NewOwners(os.Geteuid(), os.Getegid())}
+	f.stats.Owners = f.owners
 	var total int64
 	for i, l := range layers {
 		sz, err := l.Size()
@@ -131,6 +141,14 @@ type flattener struct {
 	// dirs caches resolveDir results; any removal or new symlink can change
 	// a resolution, so those drop the whole cache.
 	dirs map[string]string
+	// owners records what the staging tree cannot carry (see Owners).
+	owners     *Owners
+	xattrBytes int64 // charged against Limits.MaxXattrBytes
+
+	// File contents at their logical size (hdr.Size after archive/tar's
+	// sparse expansion), for the layer and for the image: a sparse entry of
+	// a few bytes in the archive may expand to any size.
+	logicalLayer, logicalTotal int64
 }
 
 // progressCounter counts compressed bytes and reports at most every 200 ms.
@@ -169,13 +187,32 @@ func (l *limitReader) Read(b []byte) (int, error) {
 	n, err := l.r.Read(b)
 	l.layer += int64(n)
 	l.f.stats.Bytes += int64(n)
-	if l.layer > l.f.limits.MaxLayerBytes {
-		return n, fmt.Errorf("layer unpacks to more than %d bytes (limit): %w", l.f.limits.MaxLayerBytes, api.ErrInvalid)
-	}
-	if l.f.stats.Bytes > l.f.limits.MaxTotalBytes {
-		return n, fmt.Errorf("image unpacks to more than %d bytes (limit): %w", l.f.limits.MaxTotalBytes, api.ErrInvalid)
+	if lerr := l.f.checkLimits(l.layer, l.f.stats.Bytes); lerr != nil {
+		return n, lerr
 	}
 	return n, err
+}
+
+// checkLimits fails when layer or total bytes exceed their limits.
+func (f *flattener) checkLimits(layer, total int64) error {
+	if layer > f.limits.MaxLayerBytes {
+		return fmt.Errorf("layer unpacks to more than %d bytes (limit): %w", f.limits.MaxLayerBytes, api.ErrInvalid)
+	}
+	if total > f.limits.MaxTotalBytes {
+		return fmt.Errorf("image unpacks to more than %d bytes (limit): %w", f.limits.MaxTotalBytes, api.ErrInvalid)
+	}
+	return nil
+}
+
+// charge books a file's logical size before anything is written, so an
+// over-limit entry leaves no partial file.
+func (f *flattener) charge(hdr *tar.Header) error {
+	if hdr.Size < 0 {
+		return fmt.Errorf("negative size %d: %w", hdr.Size, api.ErrInvalid)
+	}
+	f.logicalLayer += hdr.Size
+	f.logicalTotal += hdr.Size
+	return f.checkLimits(f.logicalLayer, f.logicalTotal)
 }
 
 func (f *flattener) layer(ctx context.Context, l v1.Layer, prog *progressCounter) error {
@@ -195,6 +232,7 @@ func (f *flattener) layer(ctx context.Context, l v1.Layer, prog *progressCounter
 	}
 	defer closeDec()
 	f.created = map[string]bool{}
+	f.logicalLayer = 0
 	tr := tar.NewReader(&limitReader{r: plain, f: f})
 	for {
 		if err := ctx.Err(); err != nil {
@@ -272,6 +310,7 @@ func (f *flattener) entry(hdr *tar.Header, r io.Reader) error {
 		if err := f.root.RemoveAll(path.Join(parent, victim)); err != nil {
 			return fail(err)
 		}
+		f.owners.forget(path.Join(parent, victim))
 		return nil
 	}
 	target := path.Join(parent, base)
@@ -285,12 +324,19 @@ func (f *flattener) entry(hdr *tar.Header, r io.Reader) error {
 		f.stats.Skipped = append(f.stats.Skipped, "/"+target)
 		f.log.Warn("image: special file skipped", "entry", hdr.Name, "type", string(hdr.Typeflag))
 		return nil
-	case tar.TypeDir, tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse, tar.TypeSymlink, tar.TypeLink:
+	// archive/tar already turns the legacy TypeRegA into TypeReg or TypeDir.
+	case tar.TypeDir, tar.TypeReg, tar.TypeGNUSparse, tar.TypeSymlink, tar.TypeLink:
 	default:
 		f.log.Warn("image: entry of unknown type skipped", "entry", hdr.Name, "type", string(hdr.Typeflag))
 		return nil
 	}
 
+	switch hdr.Typeflag {
+	case tar.TypeReg, tar.TypeGNUSparse:
+		if err := f.charge(hdr); err != nil {
+			return fail(err)
+		}
+	}
 	if err := f.clear(target, hdr.Typeflag == tar.TypeDir); err != nil {
 		return fail(err)
 	}
@@ -311,9 +357,7 @@ func (f *flattener) entry(hdr *tar.Header, r io.Reader) error {
 		if err := f.root.Symlink(hdr.Linkname, target); err != nil {
 			return fail(err)
 		}
-		if err := f.root.Lchown(target, hdr.Uid, hdr.Gid); err != nil {
-			return fail(err)
-		}
+		f.owners.recordSymlink(target, hdr.Uid, hdr.Gid)
 	case tar.TypeLink:
 		old, err := cleanEntryName(hdr.Linkname)
 		if err != nil {
@@ -337,6 +381,7 @@ func (f *flattener) entry(hdr *tar.Header, r io.Reader) error {
 		if err := f.root.Link(oldPath, target); err != nil {
 			return fail(err)
 		}
+		f.owners.link(target, oldPath)
 	default: // regular file
 		if err := f.regular(target, hdr, mode, r); err != nil {
 			return fail(err)
@@ -359,6 +404,7 @@ func (f *flattener) clear(target string, dir bool) error {
 		return nil
 	}
 	f.dirs = nil
+	f.owners.forget(target)
 	switch {
 	case fi.IsDir():
 		return f.root.RemoveAll(target)
@@ -374,76 +420,67 @@ func (f *flattener) regular(target string, hdr *tar.Header, mode fs.FileMode, r 
 	}
 	if _, err := io.Copy(out, r); err != nil {
 		out.Close()
+		// No partial file: the stream failed (or hit a limit) mid-entry.
+		_ = f.root.Remove(target)
 		return err
 	}
-	if err := out.Chown(hdr.Uid, hdr.Gid); err != nil {
+	if err := out.Chmod(stagingMode(mode, false)); err != nil {
 		out.Close()
 		return err
 	}
-	if err := out.Chmod(mode); err != nil {
+	x, err := f.xattrs(hdr)
+	if err != nil {
 		out.Close()
 		return err
 	}
-	if err := setXattrs(int(out.Fd()), hdr); err != nil {
-		out.Close()
-		return err
-	}
+	f.owners.record(target, hdr.Uid, hdr.Gid, mode, x)
 	if err := out.Close(); err != nil {
 		return err
 	}
 	return f.root.Chtimes(target, hdr.ModTime, hdr.ModTime)
 }
 
-// meta sets a directory's owner, mode and xattrs.
+// meta gives a directory its staging mode and records the rest.
 func (f *flattener) meta(target string, hdr *tar.Header, mode fs.FileMode) error {
-	if err := f.root.Lchown(target, hdr.Uid, hdr.Gid); err != nil {
+	if err := f.root.Chmod(target, stagingMode(mode, true)); err != nil {
 		return err
 	}
-	if err := f.root.Chmod(target, mode); err != nil {
-		return err
-	}
-	if !hasXattrs(hdr) {
-		return nil
-	}
-	d, err := f.root.Open(target)
+	x, err := f.xattrs(hdr)
 	if err != nil {
 		return err
 	}
-	defer d.Close()
-	return setXattrs(int(d.Fd()), hdr)
+	f.owners.record(target, hdr.Uid, hdr.Gid, mode, x)
+	return nil
 }
 
 const paxXattr = "SCHILY.xattr."
 
-func hasXattrs(hdr *tar.Header) bool {
-	for k := range hdr.PAXRecords {
-		if strings.HasPrefix(k, paxXattr) {
-			return true
-		}
-	}
-	return false
-}
+// maxXattrValue is the kernel's limit on one xattr value (XATTR_SIZE_MAX).
+const maxXattrValue = 64 << 10
 
-// setXattrs applies the entry's extended attributes (PAX SCHILY.xattr.*).
-// Only the user, trusted and security namespaces are taken; POSIX ACLs and
-// anything else are left out.
-func setXattrs(fd int, hdr *tar.Header) error {
+// xattrs returns the entry's extended attributes (PAX SCHILY.xattr.*) in
+// the namespaces an image may carry (allowedXattr), charged against
+// MaxXattrBytes: the Owners table keeps them in memory.
+func (f *flattener) xattrs(hdr *tar.Header) (map[string][]byte, error) {
+	var out map[string][]byte
 	for k, v := range hdr.PAXRecords {
 		name, ok := strings.CutPrefix(k, paxXattr)
-		if !ok {
+		if !ok || !allowedXattr(name) {
 			continue
 		}
-		if !strings.HasPrefix(name, "user.") && !strings.HasPrefix(name, "security.") && !strings.HasPrefix(name, "trusted.") {
-			continue
+		if len(v) > maxXattrValue {
+			return nil, fmt.Errorf("xattr %q: value of %d bytes exceeds %d bytes (limit): %w", name, len(v), maxXattrValue, api.ErrInvalid)
 		}
-		if err := unix.Fsetxattr(fd, name, []byte(v), 0); err != nil {
-			if errors.Is(err, unix.ENOTSUP) {
-				continue
-			}
-			return fmt.Errorf("xattr %s: %w", name, err)
+		f.xattrBytes += int64(len(name) + len(v))
+		if f.xattrBytes > f.limits.MaxXattrBytes {
+			return nil, fmt.Errorf("xattrs of the image exceed %d bytes (limit): %w", f.limits.MaxXattrBytes, api.ErrInvalid)
 		}
+		if out == nil {
+			out = map[string][]byte{}
+		}
+		out[name] = []byte(v)
 	}
-	return nil
+	return out, nil
 }
 
 // resolveDir resolves dir (clean, relative) to a path inside the root whose
@@ -552,6 +589,7 @@ func (f *flattener) opaque(dir string) error {
 		if err := f.root.RemoveAll(p); err != nil {
 			return err
 		}
+		f.owners.forget(p)
 	}
 	return nil
 }

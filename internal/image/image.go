@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net/url"
@@ -93,7 +94,17 @@ type Builder struct {
 	Log       *slog.Logger
 	AgentPath string // static banger-agent binary, installed at /usr/local/bin/banger-agent
 	Mirror    string // optional Debian mirror URL; empty = mmdebstrap's default
+	// Rootless builds as an unprivileged owner would (always so when the
+	// process is not root): mmdebstrap in unshare mode writing a tar, and
+	// source trees read by banger itself instead of cp -a. See Owners.
+	Rootless bool
+	// Limits bound what a build from a tar or a tree may unpack to (as for
+	// pulls); zero fields take DefaultLimits.
+	Limits Limits
 }
+
+// rootless reports whether this build cannot chown: see Builder.Rootless.
+func (b *Builder) rootless() bool { return b.Rootless || os.Geteuid() != 0 }
 
 func (b *Builder) log() *slog.Logger {
 	if b.Log == nil {
@@ -103,30 +114,52 @@ func (b *Builder) log() *slog.Logger {
 }
 
 // BuildDefault builds the default Debian image: mmdebstrap (apt variant, docs,
-// man pages and locales excluded), Customize, mkfs.ext4 -d. It needs root so
-// the files get their real owners.
+// man pages and locales excluded), Customize, mkfs.ext4 -d, then the owners
+// stamped with debugfs. As root mmdebstrap writes the staging tree directly
+// with real owners. Rootless, it runs in unshare mode (the owner's
+// subordinate uid/gid ranges from /etc/subuid and /etc/subgid, newuidmap from
+// the uidmap package) and writes a tar, whose headers carry the owners; the
+// tar is flattened like a one-layer pull, so no file owned by a subordinate
+// uid ever lands in the owner's state dir.
 func (b *Builder) BuildDefault(ctx context.Context, name string, progress func(stage string)) (Info, error) {
 	if b.Mirror != "" {
 		if err := validMirror(b.Mirror); err != nil {
 			return Info{}, err
 		}
 	}
-	return b.build(ctx, name, DefaultSource, progress, func(ctx context.Context, rootfs string) error {
+	return b.build(ctx, name, DefaultSource, progress, func(ctx context.Context, rootfs string) (*Owners, error) {
 		report(progress, StageBootstrap)
 		start := time.Now()
-		if _, err := b.Runner.Run(ctx, "mmdebstrap", b.mmdebstrapArgs(rootfs)...); err != nil {
-			return fmt.Errorf("mmdebstrap: %w", err)
+		if !b.rootless() {
+			if _, err := b.Runner.Run(ctx, "mmdebstrap", b.mmdebstrapArgs(rootfs, false)...); err != nil {
+				return nil, fmt.Errorf("mmdebstrap: %w", err)
+			}
+			b.log().Info("image bootstrapped", "image", name, "suite", DefaultSuite, "duration", time.Since(start))
+			return nil, nil
 		}
-		b.log().Info("image bootstrapped", "image", name, "suite", DefaultSuite, "duration", time.Since(start))
-		return nil
+		tarPath := rootfs + ".tar"
+		defer os.Remove(tarPath)
+		if _, err := b.Runner.Run(ctx, "mmdebstrap", b.mmdebstrapArgs(tarPath, true)...); err != nil {
+			return nil, fmt.Errorf("mmdebstrap (unshare mode, as uid %d: needs subordinate ids for this user in /etc/subuid and /etc/subgid and newuidmap/newgidmap from the uidmap package; `sudo banger system install` sets them up): %w", os.Geteuid(), err)
+		}
+		b.log().Info("image bootstrapped", "image", name, "suite", DefaultSuite, "mode", "unshare", "duration", time.Since(start))
+		stats, err := b.flattenTarFile(ctx, rootfs, tarPath)
+		if err != nil {
+			return nil, err
+		}
+		return stats.Owners, nil
 	})
 }
 
-func (b *Builder) mmdebstrapArgs(target string) []string {
+// mmdebstrapArgs: the rootless form runs in unshare mode and writes a tar.
+func (b *Builder) mmdebstrapArgs(target string, rootless bool) []string {
 	args := []string{
 		"--variant=apt",
 		"--format=directory",
 		"--include=" + strings.Join(DefaultPackages, ","),
+	}
+	if rootless {
+		args = []string{"--mode=unshare", "--variant=apt", "--format=tar", args[2]}
 	}
 	for _, p := range []string{"/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", "/usr/share/info/*"} {
 		args = append(args, "--dpkgopt=path-exclude="+p)
@@ -150,7 +183,9 @@ func validMirror(m string) error {
 
 // BuildFromDir builds an image from an existing root file system tree. The
 // tree is copied first (owners, modes, xattrs and hard links kept), so dir
-// itself is not changed.
+// itself is not changed. As root that is cp -a; rootless, banger reads the
+// tree itself as a tar stream into Flatten (owners from lstat go into the
+// Owners table), so every file of the tree must be readable by the owner.
 func (b *Builder) BuildFromDir(ctx context.Context, name, dir string, progress func(stage string)) (Info, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
@@ -163,28 +198,37 @@ func (b *Builder) BuildFromDir(ctx context.Context, name, dir string, progress f
 	if !st.IsDir() {
 		return Info{}, fmt.Errorf("image %q: source %s is not a directory: %w", name, abs, api.ErrInvalid)
 	}
-	return b.build(ctx, name, "dir:"+abs, progress, func(ctx context.Context, rootfs string) error {
+	return b.build(ctx, name, "dir:"+abs, progress, func(ctx context.Context, rootfs string) (*Owners, error) {
 		report(progress, StageCopy)
-		if _, err := b.Runner.Run(ctx, "cp", "-a", "--reflink=auto", "--", abs, rootfs); err != nil {
-			return fmt.Errorf("copy source tree: %w", err)
+		if b.rootless() {
+			stats, err := b.flattenDir(ctx, rootfs, abs)
+			if err != nil {
+				return nil, fmt.Errorf("copy source tree: %w", err)
+			}
+			return stats.Owners, nil
 		}
-		return nil
+		if _, err := b.Runner.Run(ctx, "cp", "-a", "--reflink=auto", "--", abs, rootfs); err != nil {
+			return nil, fmt.Errorf("copy source tree: %w", err)
+		}
+		return nil, nil
 	})
 }
 
 // build runs populate into a fresh staging tree under Layout.Tmp(), then the
 // common tail: customize, mkfs, checksum, image.json, rename into place.
-func (b *Builder) build(ctx context.Context, name, source string, progress func(string), populate func(ctx context.Context, rootfs string) error) (info Info, err error) {
+func (b *Builder) build(ctx context.Context, name, source string, progress func(string), populate func(ctx context.Context, rootfs string) (*Owners, error)) (info Info, err error) {
 	return b.buildTree(ctx, treeSpec{name: name, source: source, populate: populate}, progress)
 }
 
-// treeSpec is one build: populate fills rootfs (creating it); annotate, when
+// treeSpec is one build: populate fills rootfs (creating it) and returns the
+// Owners table of what it could not apply (nil: the tree is true as it is,
+// the staging uid/gid standing for root); annotate, when
 // set, may record facts about the populated tree before Customize; size, when
 // non-zero, replaces the computed image size.
 type treeSpec struct {
 	name, source string
 	size         int64
-	populate     func(ctx context.Context, rootfs string) error
+	populate     func(ctx context.Context, rootfs string) (*Owners, error)
 	annotate     func(rootfs string, info *Info) error
 }
 
@@ -218,7 +262,8 @@ func (b *Builder) buildTree(ctx context.Context, spec treeSpec, progress func(st
 	wrap := func(err error) (Info, error) { return Info{}, fmt.Errorf("image %q: %w", name, err) }
 
 	rootfs := filepath.Join(staging, "rootfs")
-	if err := populate(ctx, rootfs); err != nil {
+	owners, err := populate(ctx, rootfs)
+	if err != nil {
 		return wrap(err)
 	}
 	if err := ctx.Err(); err != nil {
@@ -233,7 +278,7 @@ func (b *Builder) buildTree(ctx context.Context, spec treeSpec, progress func(st
 	if b.AgentPath == "" {
 		b.log().Warn("image built without banger-agent", "image", name)
 	}
-	if err := Customize(rootfs, b.AgentPath); err != nil {
+	if err := customize(rootfs, b.AgentPath, owners); err != nil {
 		return wrap(err)
 	}
 	pkgs, err := installedPackages(rootfs)
@@ -263,6 +308,12 @@ func (b *Builder) buildTree(ctx context.Context, spec treeSpec, progress func(st
 		return wrap(err)
 	}
 	b.log().Info("image file system made", "image", name, "content_bytes", used, "size", size, "duration", time.Since(start))
+	start = time.Now()
+	stamped, err := stampImage(ctx, b.Runner, img, rootfs, staging, owners)
+	if err != nil {
+		return wrap(err)
+	}
+	b.log().Info("image owners stamped", "image", name, "commands", stamped, "duration", time.Since(start))
 
 	// No SHA256 here: hashing a sparse 1+ GiB file costs seconds for little
 	// use on the machine that built it.
@@ -332,19 +383,49 @@ func treeSize(root string) (int64, error) {
 	return total, err
 }
 
+// maxDpkgStatusBytes bounds var/lib/dpkg/status, which comes from the image
+// (a full Debian desktop's is a few MiB).
+const maxDpkgStatusBytes = 32 << 20
+
 // installedPackages lists the packages dpkg records as installed in the tree.
+// The file is image content: opened inside the root without following a
+// symlink (O_NOFOLLOW; os.Root keeps the parents inside), a regular file only
+// (O_NONBLOCK so a FIFO cannot block the build), read up to maxDpkgStatusBytes.
 func installedPackages(rootfs string) ([]string, error) {
 	root, err := os.OpenRoot(rootfs)
 	if err != nil {
 		return nil, err
 	}
 	defer root.Close()
-	data, err := root.ReadFile("var/lib/dpkg/status")
+	const name = "var/lib/dpkg/status"
+	lfi, err := root.Lstat(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read dpkg status: %w", err)
+	}
+	if !lfi.Mode().IsRegular() {
+		return nil, fmt.Errorf("dpkg status %s is not a regular file (%v): %w", name, lfi.Mode().Type(), api.ErrInvalid)
+	}
+	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("read dpkg status: %w", err)
+	}
+	defer f.Close()
+	// The file opened must be the one just checked (os.Root follows a
+	// symlink in the last component even with O_NOFOLLOW).
+	if fi, err := f.Stat(); err != nil {
+		return nil, fmt.Errorf("read dpkg status: %w", err)
+	} else if !os.SameFile(lfi, fi) {
+		return nil, fmt.Errorf("dpkg status %s changed while opened: %w", name, api.ErrInvalid)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxDpkgStatusBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read dpkg status: %w", err)
+	}
+	if len(data) > maxDpkgStatusBytes {
+		return nil, fmt.Errorf("dpkg status is larger than %d bytes (limit): %w", maxDpkgStatusBytes, api.ErrInvalid)
 	}
 	return parseDpkgStatus(data), nil
 }

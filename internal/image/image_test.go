@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -15,22 +16,17 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/testenv"
 )
 
 func needTools(t testing.TB, tools ...string) {
 	t.Helper()
-	for _, b := range tools {
-		if _, err := system.LookPath(b); err != nil {
-			t.Skipf("%s not available", b)
-		}
-	}
+	testenv.RequireTools(t, tools...)
 }
 
 func needRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (real file owners)")
-	}
+	testenv.RequireRoot(t) // real file owners
 }
 
 // fakeRunner keeps a log of commands; the ones in fail exit with that code,
@@ -80,6 +76,9 @@ func fakeMmdebstrap(args []string) error {
 	}
 	if target == "" {
 		return errors.New("fake mmdebstrap: no target")
+	}
+	if slices.Contains(args, "--format=tar") {
+		return fakeMmdebstrapTar(target)
 	}
 	files := map[string]string{
 		"var/lib/dpkg/status":          dpkgStatus,
@@ -432,7 +431,7 @@ func TestRemoveStagingUnmounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=1m"); err != nil {
-		t.Skipf("mount tmpfs: %v", err)
+		testenv.Missing(t, "mount tmpfs: %v", err)
 	}
 	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
 	if err := os.WriteFile(filepath.Join(mnt, "live"), []byte("x"), 0o644); err != nil {

@@ -125,22 +125,22 @@ func (b *Builder) Pull(ctx context.Context, opt PullOptions, progress func(PullE
 		name:   imgName,
 		source: ref.Context().Name() + "@" + digest.String(),
 		size:   opt.Size,
-		populate: func(ctx context.Context, rootfs string) error {
+		populate: func(ctx context.Context, rootfs string) (*Owners, error) {
 			if err := os.Mkdir(rootfs, 0o755); err != nil {
-				return err
+				return nil, err
 			}
 			emit(PullEvent{Stage: StagePull, Message: fmt.Sprintf("%d layers", len(layers))})
 			stats, err = Flatten(ctx, rootfs, layers, opt.Limits, b.log(), func(p FlattenProgress) {
 				emit(PullEvent{Stage: StagePull, Message: fmt.Sprintf("layer %d/%d", p.Layer, p.Layers), Current: p.Current, Total: p.Total})
 			})
 			if err != nil {
-				return err
+				return nil, err
 			}
 			if len(stats.Skipped) > 0 {
 				b.log().Warn("image: special files skipped", "image", imgName, "count", len(stats.Skipped))
 			}
 			b.log().Info("image flattened", "image", imgName, "layers", stats.Layers, "entries", stats.Entries, "bytes", stats.Bytes)
-			return nil
+			return stats.Owners, nil
 		},
 		annotate: func(rootfs string, info *Info) error {
 			info.Ref, info.Digest = opt.Ref, digest.String()

@@ -316,33 +316,67 @@ func assertNothingLeftBut(t *testing.T, b *Builder, keep string) {
 	emptyDir(t, b.Layout.Tmp())
 }
 
+// archImage is a one-layer image whose config and /arch file name arch.
+func archImage(t *testing.T, arch string, ents ...tent) v1.Image {
+	t.Helper()
+	base, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{OS: "linux", Architecture: arch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(base, layer(t, append([]tent{file("arch", arch, 0o644)}, ents...)...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// A multi-arch index: banger must build the linux/amd64 image. The other
+// entries carry different content (and arm64 a hostile layer), so the built
+// rootfs shows which manifest was flattened.
 func TestPullPicksAmd64FromIndex(t *testing.T) {
+	needRoot(t)
+	needTools(t, "mkfs.ext4", "debugfs")
 	reg := newRegistry(t)
-	amd, _ := mutate.AppendLayers(empty.Image, layer(t, file("arch", "amd64", 0o644)))
-	arm, _ := mutate.AppendLayers(empty.Image, layer(t, file("arch", "arm64", 0o644)))
+	amd := archImage(t, "amd64")
+	arm := archImage(t, "arm64", file("../../evil-arm64", "x", 0o644))
+	s390 := archImage(t, "s390x")
 	idx := mutate.AppendManifests(empty.Index,
 		mutate.IndexAddendum{Add: arm, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64"}}},
 		mutate.IndexAddendum{Add: amd, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
+		mutate.IndexAddendum{Add: s390, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "s390x"}}},
 	)
 	ref := reg.host + "/multi/arch:1"
 	if err := remote.WriteIndex(mustRef(t, ref), idx); err != nil {
 		t.Fatal(err)
 	}
-	b := &Builder{Runner: &fakeRunner{fail: map[string]int{"mkfs.ext4": 1}}, Layout: paths.Layout{Root: t.TempDir()}}
-	_, err := b.Pull(context.Background(), PullOptions{Ref: ref, Insecure: true}, nil)
-	if err == nil || !strings.Contains(err.Error(), "injected failure") {
-		t.Fatalf("want the injected mkfs failure after a flatten, got %v", err)
-	}
-	// The manifest chosen is amd64's: pull it by that digest and compare.
-	want, _ := amd.Digest()
-	img, err := remote.Image(mustRef(t, ref), remote.WithPlatform(Platform))
+	b := pullBuilder(t)
+	res, err := b.Pull(context.Background(), PullOptions{Ref: ref, Name: "multi", Insecure: true}, nil)
 	if err != nil {
+		t.Fatalf("pull of a multi-arch index: %v", err)
+	}
+	want, _ := amd.Digest()
+	if res.Info.Digest != want.String() {
+		t.Errorf("recorded digest %s, want amd64's %s", res.Info.Digest, want)
+	}
+	img := filepath.Join(b.Layout.Image("multi"), paths.RootfsFile)
+	out := strings.Split(strings.TrimSpace(debugfs(t, img, "cat /arch")), "\n") // after debugfs' banner
+	if got := out[len(out)-1]; got != "amd64" {
+		t.Fatalf("flattened /arch = %q, want amd64", got)
+	}
+	assertNothingLeftBut(t, b, "multi")
+
+	// A manifest the index calls amd64 whose config says otherwise is refused.
+	liar := mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: arm, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}})
+	ref = reg.host + "/multi/liar:1"
+	if err := remote.WriteIndex(mustRef(t, ref), liar); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := img.Digest(); got != want {
-		t.Fatalf("platform pick: %s, want %s", got, want)
+	if _, err := b.Pull(context.Background(), PullOptions{Ref: ref, Name: "liar", Insecure: true}, nil); !errors.Is(err, api.ErrInvalid) ||
+		!strings.Contains(err.Error(), "linux/arm64") {
+		t.Fatalf("index entry lying about its platform: %v", err)
 	}
-	assertNothingLeft(t, b)
+	assertNothingLeftBut(t, b, "multi")
 }
 
 func TestPullRefusesPlainHTTPWithoutInsecure(t *testing.T) {

@@ -25,7 +25,8 @@ func RemoveStaleStaging(layout paths.Layout) ([]string, error) {
 	var removed []string
 	var errs []error
 	for _, e := range ents {
-		if !e.IsDir() || !strings.HasPrefix(e.Name(), "image-") {
+		// image-*: build/pull staging; remove-image-*: an interrupted Remove.
+		if !e.IsDir() || (!strings.HasPrefix(e.Name(), "image-") && !strings.HasPrefix(e.Name(), "remove-image-")) {
 			continue
 		}
 		p := filepath.Join(layout.Tmp(), e.Name())

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -20,6 +21,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -73,7 +75,10 @@ const (
 const (
 	maxCatalogBytes  = 4 << 20
 	maxDownloadBytes = 2 << 30
-	maxModulesBytes  = 4 << 30 // unpacked modules tarball
+	maxModulesBytes  = 4 << 30 // unpacked modules tarball, at logical size
+	// maxModulesEntries bounds tar entries of a modules tarball (Debian's
+	// has ~7000).
+	maxModulesEntries = 200_000
 )
 
 var sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -177,35 +182,131 @@ type PullProgress struct {
 // Puller fetches kernels from a catalog and imports them.
 type Puller struct {
 	Importer *Importer
-	Client   *http.Client // nil = http.DefaultClient
+	// Insecure allows http:// for the catalog and its downloads (and
+	// redirects to http); otherwise only https is fetched.
+	Insecure bool
+	// Timeouts (zero = the defaults below). A transfer may take as long as
+	// it needs while bytes keep arriving; IdleTimeout bounds a stall.
+	ConnectTimeout, TLSTimeout, HeaderTimeout, IdleTimeout time.Duration
+	Client                                                 *http.Client // nil = one built from the timeouts
+}
+
+// Default download timeouts.
+const (
+	defaultConnectTimeout = 30 * time.Second
+	defaultTLSTimeout     = 30 * time.Second
+	defaultHeaderTimeout  = 60 * time.Second
+	defaultIdleTimeout    = 60 * time.Second
+)
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
 }
 
 func (p *Puller) client() *http.Client {
 	if p.Client != nil {
 		return p.Client
 	}
-	return http.DefaultClient
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = (&net.Dialer{Timeout: orDefault(p.ConnectTimeout, defaultConnectTimeout), KeepAlive: 30 * time.Second}).DialContext
+	tr.TLSHandshakeTimeout = orDefault(p.TLSTimeout, defaultTLSTimeout)
+	tr.ResponseHeaderTimeout = orDefault(p.HeaderTimeout, defaultHeaderTimeout)
+	return &http.Client{Transport: tr, CheckRedirect: func(req *http.Request, via []*http.Request) error {
+		if len(via) >= 10 {
+			return errors.New("stopped after 10 redirects")
+		}
+		return p.checkScheme("redirect", req.URL)
+	}}
+}
+
+// checkScheme refuses anything but https unless Insecure (then http too).
+func (p *Puller) checkScheme(what string, u *url.URL) error {
+	switch {
+	case u.Scheme == "https":
+		return nil
+	case u.Scheme == "http" && p.Insecure:
+		return nil
+	case u.Scheme == "http":
+		return fmt.Errorf("%s %s is plain http, which anyone on the path can rewrite; use https or --insecure: %w", what, u.Redacted(), api.ErrInvalid)
+	}
+	return fmt.Errorf("%s %q: want https: %w", what, u.Redacted(), api.ErrInvalid)
+}
+
+// get issues a GET whose body read fails once no byte arrived for
+// IdleTimeout (the whole transfer is not bounded: kernels are large and
+// links slow). The returned cancel must be called when done.
+func (p *Puller) get(ctx context.Context, what, rawURL string, hdr http.Header) (*http.Response, io.Reader, context.CancelFunc, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%s url %q: %v: %w", what, rawURL, err, api.ErrInvalid)
+	}
+	if err := p.checkScheme(what, u); err != nil {
+		return nil, nil, nil, err
+	}
+	idle := orDefault(p.IdleTimeout, defaultIdleTimeout)
+	ctx, cancelCause := context.WithCancelCause(ctx)
+	errIdle := fmt.Errorf("no data for %v (idle timeout)", idle)
+	timer := time.AfterFunc(idle, func() { cancelCause(errIdle) })
+	cancel := func() { timer.Stop(); cancelCause(nil) }
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
+	if err != nil {
+		cancel()
+		return nil, nil, nil, err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	timer.Stop() // the header phase has its own timeout
+	resp, err := p.client().Do(req)
+	if err != nil {
+		cancel()
+		return nil, nil, nil, fmt.Errorf("%s: %w", what, err)
+	}
+	timer.Reset(idle)
+	return resp, &idleReader{r: resp.Body, timer: timer, idle: idle, ctx: ctx}, cancel, nil
+}
+
+// idleReader pushes the idle deadline back on every byte read and reports
+// the idle timeout, not a bare "context canceled", when it fired.
+type idleReader struct {
+	r     io.Reader
+	timer *time.Timer
+	idle  time.Duration
+	ctx   context.Context
+}
+
+func (r *idleReader) Read(b []byte) (int, error) {
+	n, err := r.r.Read(b)
+	if n > 0 {
+		r.timer.Reset(r.idle)
+	}
+	if err != nil && err != io.EOF {
+		if cause := context.Cause(r.ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+			err = cause
+		}
+	}
+	return n, err
 }
 
 // FetchCatalog downloads and parses the catalog at catalogURL.
 func (p *Puller) FetchCatalog(ctx context.Context, catalogURL string) (Catalog, error) {
 	base, err := url.Parse(catalogURL)
 	if err != nil || (base.Scheme != "http" && base.Scheme != "https") {
-		return Catalog{}, fmt.Errorf("catalog url %q: want http or https: %w", catalogURL, api.ErrInvalid)
+		return Catalog{}, fmt.Errorf("catalog url %q: want https: %w", catalogURL, api.ErrInvalid)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, catalogURL, nil)
+	resp, body, cancel, err := p.get(ctx, "catalog", catalogURL, nil)
 	if err != nil {
-		return Catalog{}, err
+		return Catalog{}, fmt.Errorf("fetch %w", err)
 	}
-	resp, err := p.client().Do(req)
-	if err != nil {
-		return Catalog{}, fmt.Errorf("fetch catalog: %w", err)
-	}
+	defer cancel()
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		return Catalog{}, fmt.Errorf("fetch catalog %s: %s", catalogURL, resp.Status)
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxCatalogBytes+1))
+	data, err := io.ReadAll(io.LimitReader(body, maxCatalogBytes+1))
 	if err != nil {
 		return Catalog{}, fmt.Errorf("fetch catalog: %w", err)
 	}
@@ -303,17 +404,15 @@ func (p *Puller) Download(ctx context.Context, a Artifact, what string, progress
 	if err != nil {
 		return "", err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.URL, nil)
-	if err != nil {
-		return "", err
-	}
+	hdr := http.Header{}
 	if have > 0 {
-		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", have))
+		hdr.Set("Range", fmt.Sprintf("bytes=%d-", have))
 	}
-	resp, err := p.client().Do(req)
+	resp, body, cancel, err := p.get(ctx, what, a.URL, hdr)
 	if err != nil {
-		return "", fmt.Errorf("download %s: %w", what, err)
+		return "", fmt.Errorf("download %w", err)
 	}
+	defer cancel()
 	defer resp.Body.Close()
 	switch {
 	case have > 0 && resp.StatusCode == http.StatusPartialContent:
@@ -334,7 +433,7 @@ func (p *Puller) Download(ctx context.Context, a Artifact, what string, progress
 	if resp.ContentLength >= 0 {
 		total = have + resp.ContentLength
 	}
-	pr := &byteProgress{r: resp.Body, n: have, total: total, fn: func(n, t int64) {
+	pr := &byteProgress{r: body, n: have, total: total, fn: func(n, t int64) {
 		progress(PullProgress{Stage: what, Message: path.Base(a.URL), Current: n, Total: t})
 	}}
 	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(pr, maxDownloadBytes-have+1))
@@ -416,6 +515,7 @@ func unpackModules(tarPath, dir, version string) (string, error) {
 	defer root.Close()
 	tr := tar.NewReader(r)
 	var total int64
+	entries := 0
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
@@ -423,6 +523,14 @@ func unpackModules(tarPath, dir, version string) (string, error) {
 		}
 		if err != nil {
 			return "", fmt.Errorf("modules tarball: %w", err)
+		}
+		if entries++; entries > maxModulesEntries {
+			return "", fmt.Errorf("modules tarball has more than %d entries (limit): %w", maxModulesEntries, api.ErrInvalid)
+		}
+		// Sparse entries expand to far more than the archive holds; no
+		// modules tarball needs one.
+		if isSparse(hdr) {
+			return "", fmt.Errorf("modules tarball: entry %q is sparse (refused): %w", hdr.Name, api.ErrInvalid)
 		}
 		name := path.Clean(strings.TrimLeft(hdr.Name, "/"))
 		name = strings.TrimPrefix(name, "usr/")
@@ -467,4 +575,17 @@ func unpackModules(tarPath, dir, version string) (string, error) {
 		return "", fmt.Errorf("modules tarball: want exactly one lib/modules/<version> (or give version): %w", api.ErrInvalid)
 	}
 	return filepath.Join(dir, "lib/modules", ents[0].Name()), nil
+}
+
+// isSparse reports a GNU or PAX sparse tar entry.
+func isSparse(h *tar.Header) bool {
+	if h.Typeflag == tar.TypeGNUSparse {
+		return true
+	}
+	for k := range h.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
 }

@@ -97,7 +97,7 @@ func TestPullFromCatalog(t *testing.T) {
 	  {"name": "broken", "arch": "amd64", "url": "files/vmlinuz", "sha256": %q}
 	]}`, sum(vmlinuz), sum(mods), strings.Repeat("0", 64))
 	cs := newCatalogServer(t, map[string][]byte{"/catalog.json": []byte(cat), "/files/vmlinuz": vmlinuz, "/files/modules.tar.gz": mods})
-	p := &Puller{Importer: imp}
+	p := &Puller{Importer: imp, Insecure: true} // httptest serves plain http
 	var events []PullProgress
 	info, err := p.Pull(context.Background(), cs.url+"/catalog.json", "generic-6.1", "", func(ev PullProgress) { events = append(events, ev) })
 	if err != nil {
@@ -162,7 +162,7 @@ func TestDownloadResumes(t *testing.T) {
 	imp, _, _ := newTestImporter(t, nil)
 	blob := bytes.Repeat([]byte("0123456789"), 100_000)
 	cs := newCatalogServer(t, map[string][]byte{"/blob": blob})
-	p := &Puller{Importer: imp}
+	p := &Puller{Importer: imp, Insecure: true} // httptest serves plain http
 	s := sum(blob)
 	if err := os.MkdirAll(imp.Layout.Cache(), 0o700); err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/testenv"
 )
 
 type cpioEntry struct {
@@ -113,9 +114,7 @@ func TestCpioRejects(t *testing.T) {
 
 // TestCpioWithRealTool checks the archive against GNU cpio's own reader.
 func TestCpioWithRealTool(t *testing.T) {
-	if _, err := system.LookPath("cpio"); err != nil {
-		t.Skip("cpio not installed")
-	}
+	testenv.RequireTools(t, "cpio")
 	dir := t.TempDir()
 	agent := filepath.Join(dir, "agent")
 	if err := os.WriteFile(agent, fakeModuleELF("x=y"), 0o755); err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/testenv"
 )
 
 // fakeHost keeps state for the commands ImportDeb and DownloadDebian run:
@@ -280,7 +281,7 @@ func TestImportDebRefusesDynamicAgent(t *testing.T) {
 		}
 	}
 	if dyn == "" {
-		t.Skip("no dynamically linked binary found")
+		testenv.Missing(t, "no dynamically linked /bin/true or /usr/bin/true to stand in for a dynamic agent")
 	}
 	imp.AgentPath = dyn
 	if _, err := imp.ImportDeb(context.Background(), "k", deb, nil); !errors.Is(err, api.ErrInvalid) || !strings.Contains(err.Error(), "dynamically linked") {

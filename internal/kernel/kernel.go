@@ -251,15 +251,62 @@ func Remove(layout paths.Layout, name string) error {
 	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("kernel %q: %w", name, api.ErrNotFound)
 	}
-	// Rename first so a half-deleted directory never looks like a kernel.
-	trash := filepath.Join(layout.KernelsDir(), ".remove-"+name)
-	if err := os.Rename(dir, trash); err != nil {
+	// Rename first so a half-deleted directory never looks like a kernel. The
+	// trash name is unique: what an interrupted removal left (see
+	// RemoveStale) never blocks the next one.
+	trash, err := os.MkdirTemp(layout.KernelsDir(), TrashPrefix+name+"-")
+	if err != nil {
+		return fmt.Errorf("remove kernel %q: %w", name, err)
+	}
+	if err := os.Rename(dir, filepath.Join(trash, "kernel")); err != nil {
+		os.Remove(trash)
 		return fmt.Errorf("remove kernel %q: %w", name, err)
 	}
 	if err := os.RemoveAll(trash); err != nil {
 		return fmt.Errorf("remove kernel %q: %w", name, err)
 	}
 	return nil
+}
+
+// TrashPrefix starts the names of kernel directories being removed.
+const TrashPrefix = ".remove-"
+
+// RemoveStale deletes what interrupted imports and removals left: staging
+// trees in Layout.Tmp() ("kernel-*", "modules-*", "deb-*") and trash in the
+// kernels directory. Call it at daemon start, before any import can run.
+func RemoveStale(layout paths.Layout) ([]string, error) {
+	var removed []string
+	var errs []error
+	for _, d := range []struct {
+		dir      string
+		prefixes []string
+	}{
+		{layout.Tmp(), []string{"kernel-", "modules-", "deb-"}},
+		{layout.KernelsDir(), []string{TrashPrefix}},
+	} {
+		ents, err := os.ReadDir(d.dir)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, e := range ents {
+			for _, pre := range d.prefixes {
+				if strings.HasPrefix(e.Name(), pre) {
+					p := filepath.Join(d.dir, e.Name())
+					if err := os.RemoveAll(p); err != nil {
+						errs = append(errs, err)
+					} else {
+						removed = append(removed, p)
+					}
+					break
+				}
+			}
+		}
+	}
+	return removed, errors.Join(errs...)
 }
 
 // findKernel locates boot/vmlinuz-<version> in an extracted package.

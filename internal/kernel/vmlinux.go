@@ -11,6 +11,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/banger-dev/banger/internal/api"
 )
 
 // VmlinuxFile is the uncompressed ELF kernel next to vmlinuz. Firecracker
@@ -20,6 +22,9 @@ const VmlinuxFile = "vmlinux"
 
 // maxVmlinux bounds decompression: a real vmlinux is ~50 MB.
 const maxVmlinux = 512 << 20
+
+// maxBzImage bounds the bzImage read into memory: a real one is ~10 MB.
+const maxBzImage = 256 << 20
 
 // bzPayload returns the compressed kernel inside a bzImage, located via the
 // x86 boot protocol header (setup_sects, payload_offset, payload_length).
@@ -46,7 +51,7 @@ func bzPayload(bz []byte) ([]byte, error) {
 // gzip and LZ4 (Debian's choice) are decoded in Go; xz and zstd payloads go
 // through the host tools.
 func (i *Importer) extractVmlinux(ctx context.Context, src, dst, work string) error {
-	bz, err := os.ReadFile(src)
+	bz, err := readBounded(src, maxBzImage, "kernel image")
 	if err != nil {
 		return err
 	}
@@ -103,11 +108,39 @@ func (i *Importer) decompressTool(ctx context.Context, work string, payload []by
 		return i.Runner.Run(ctx, tool, args...)
 	}
 	_, err := i.Runner.Run(ctx, tool, "-d", "-q", "-f", in, "-o", out)
-	data, rerr := os.ReadFile(out)
+	data, rerr := readBounded(out, maxVmlinux, "decompressed kernel")
 	if rerr != nil {
 		return nil, errors.Join(err, rerr)
 	}
 	return data, nil
+}
+
+// readBounded reads a regular file of at most max bytes, refusing a larger
+// one before reading it.
+func readBounded(path string, max int64, what string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s %s is not a regular file: %w", what, path, api.ErrInvalid)
+	}
+	if fi.Size() > max {
+		return nil, fmt.Errorf("%s %s is %d bytes, larger than %d (limit): %w", what, path, fi.Size(), max, api.ErrInvalid)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%s %s grew past %d bytes (limit): %w", what, path, max, api.ErrInvalid)
+	}
+	return b, nil
 }
 
 const lz4LegacyMagic = 0x184c2102

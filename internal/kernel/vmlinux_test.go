@@ -5,13 +5,16 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/binary"
+	"errors"
 	"math/rand"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/testenv"
 )
 
 // fakeBzImage wraps payload in a minimal x86 boot header.
@@ -110,9 +113,7 @@ func TestLZ4BlockHandmade(t *testing.T) {
 
 // TestLZ4LegacyRealTool decodes what the real lz4 -l (the kernel's format) wrote.
 func TestLZ4LegacyRealTool(t *testing.T) {
-	if _, err := system.LookPath("lz4"); err != nil {
-		t.Skip("lz4 not installed")
-	}
+	testenv.RequireTools(t, "lz4")
 	rng := rand.New(rand.NewSource(1))
 	var data []byte
 	words := []string{"virtio ", "kernel ", "\x00\x00\x00\x00", "banger ", "x"}
@@ -159,4 +160,25 @@ func FuzzLZ4Legacy(f *testing.F) {
 			t.Fatalf("limit exceeded: %d", len(out))
 		}
 	})
+}
+
+// TestExtractVmlinuxBoundsTheImage: a kernel file from a catalog is read into
+// memory only up to a stated limit (a 300 MiB file is refused unread).
+func TestExtractVmlinuxBoundsTheImage(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "vmlinuz")
+	f, err := os.Create(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = f.Write(fakeBzImage([]byte{0x1f, 0x8b}))
+	if err := f.Truncate(300 << 20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	imp := &Importer{Runner: &fakeHost{}}
+	err = imp.extractVmlinux(context.Background(), src, filepath.Join(dir, "out"), dir)
+	if !errors.Is(err, api.ErrInvalid) || !strings.Contains(err.Error(), "268435456") {
+		t.Fatalf("300 MiB kernel image: %v, want ErrInvalid naming the 268435456-byte limit", err)
+	}
 }

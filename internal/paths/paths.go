@@ -3,7 +3,7 @@
 //
 //	<state>/banger.db                 SQLite state
 //	<state>/bangerd.sock              daemon RPC socket (0600)
-//	<state>/bangerd.log               daemon JSON log
+//	<state>/bangerd.log[.1-3]         daemon JSON log, rotated at 10 MiB
 //	<state>/bangerd.pid               daemon pid
 //	<state>/ssh/id_ed25519            banger's client key
 //	<state>/ssh/known_hosts           pinned guest host keys (0600, dir 0700)
@@ -12,15 +12,23 @@
 //	<state>/images/<name>/            rootfs.ext4, image.json
 //	<state>/vms/<id>/                 root.ext4, work.ext4, seed.img, qmp.sock,
 //	                                  console.log, vmm.pid, handles.json
+//	<state>/vms/<id>/console.sock     QEMU's serial console (the daemon reads it)
+//	<state>/vms/<id>/console.log[.1]  serial console, written by the daemon, capped
+//	<state>/vms/<id>/vmm.log          the VMM's own stdout/stderr, capped
 //	<state>/vms/<id>/workspace.json   per-file manifest of the last workspace sync
 //	<state>/sync.json                 host files copied into every VM (see internal/workspace)
 //	<state>/cache/                    downloads keyed by content
 package paths
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/banger-dev/banger/internal/api"
 )
 
 const (
@@ -43,6 +51,8 @@ const (
 	VMSeedFile    = "seed.img"
 	VMAPISocket   = "qmp.sock"
 	VMConsoleLog  = "console.log"
+	VMConsoleSock = "console.sock"
+	VMMLog        = "vmm.log"
 	VMPIDFile     = "vmm.pid"
 	VMHandlesFile = "handles.json"
 	VMHostKeyFile = "ssh_host_ed25519_key"
@@ -94,15 +104,64 @@ func (l Layout) Cache() string             { return filepath.Join(l.Root, "cache
 func (l Layout) Tmp() string               { return filepath.Join(l.Root, "tmp") }
 func (l Layout) SyncConfig() string        { return filepath.Join(l.Root, SyncConfigFile) }
 
-// Ensure creates the root and its private subdirectories.
+// Ensure creates the root and its private subdirectories (0700). Nothing
+// is followed through a symlink: each directory is opened O_NOFOLLOW and
+// chmodded through its fd. The root must belong to the calling uid and not
+// be writable by group or others (someone else could have planted files or
+// links in it); a subdirectory must belong to the calling uid too.
 func (l Layout) Ensure() error {
-	for _, d := range []string{l.Root, l.SSHDir(), l.KernelsDir(), l.ImagesDir(), l.VMsDir(), l.Cache(), l.Tmp()} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
+	if err := os.MkdirAll(l.Root, 0o700); err != nil {
+		return err
+	}
+	root, err := openPrivateDir(unix.AT_FDCWD, l.Root, l.Root, true)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(root)
+	for _, name := range []string{SSHDir, "kernels", "images", "vms", "cache", "tmp"} {
+		p := filepath.Join(l.Root, name)
+		if err := unix.Mkdirat(root, name, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		fd, err := openPrivateDir(root, name, p, false)
+		if err != nil {
 			return err
 		}
-		if err := os.Chmod(d, 0o700); err != nil {
-			return err
-		}
+		unix.Close(fd)
 	}
 	return nil
+}
+
+// openPrivateDir opens name (relative to at) as a directory without
+// following a symlink, checks its owner (and, for the root, that group and
+// others cannot write it) and sets 0700 through the fd.
+func openPrivateDir(at int, name, shown string, isRoot bool) (int, error) {
+	fd, err := unix.Openat(at, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+		return -1, fmt.Errorf("%s is a symlink or not a directory; banger uses no symlink here (give the real path): %w", shown, api.ErrInvalid)
+	}
+	if err != nil {
+		return -1, fmt.Errorf("%s: %w", shown, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("%s: %w", shown, err)
+	}
+	euid := os.Geteuid()
+	switch {
+	case int(st.Uid) != euid:
+		unix.Close(fd)
+		return -1, fmt.Errorf("%s is owned by uid %d, not by this process's uid %d: %w", shown, st.Uid, euid, api.ErrInvalid)
+	case isRoot && st.Mode&0o022 != 0:
+		unix.Close(fd)
+		return -1, fmt.Errorf("%s is writable by group or others (mode %#o); make it 0700: %w", shown, st.Mode&0o777, api.ErrInvalid)
+	}
+	if st.Mode&0o777 != 0o700 {
+		if err := unix.Fchmod(fd, 0o700); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("%s: %w", shown, err)
+		}
+	}
+	return fd, nil
 }

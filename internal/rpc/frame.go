@@ -17,10 +17,12 @@ import (
 )
 
 // Frame size limits. Anything larger is refused rather than buffered.
+// Requests carry names, flags and short argument lists, so 1 MiB is ample;
+// stdin frames carry at most streamChunk bytes (base64 in JSON).
 const (
-	MaxRequestFrame  = 16 << 20 // the request, params included
-	MaxInputFrame    = 4 << 20  // one client → server frame after the request
-	MaxResponseFrame = 64 << 20 // one server → client frame (a large result)
+	MaxRequestFrame  = 1 << 20   // the request, params included
+	MaxInputFrame    = 512 << 10 // one client → server frame after the request
+	MaxResponseFrame = 64 << 20  // one server → client frame (a large result)
 	maxMethodLen     = 64
 	// streamChunk bounds the data carried by one output or stdin frame.
 	streamChunk = 256 << 10

@@ -29,7 +29,15 @@ const (
 	cancelGrace = 5 * time.Second
 	// hangupPoll is how often a call checks whether its client is gone.
 	hangupPoll = 100 * time.Millisecond
+	// refuseTimeout bounds writing the busy frame to a refused connection.
+	refuseTimeout = 100 * time.Millisecond
 )
+
+// MaxConns caps the connections a server holds at once (each may buffer a
+// request frame and run a call). Beyond it, the oldest connection that has
+// not sent its request yet is closed to make room, so idle connections
+// cannot lock clients out; with none idle, the new one gets a busy error.
+const MaxConns = 64
 
 // errClientGone is the cancel cause of a call whose client disconnected.
 var errClientGone = errors.New("client disconnected")
@@ -45,6 +53,81 @@ type Server struct {
 
 	mu       sync.RWMutex
 	handlers map[string]Handler
+
+	connMu  sync.Mutex
+	conns   map[*net.UnixConn]*connSlot // connections being served
+	arrival uint64
+}
+
+// connSlot is a served connection's place under MaxConns.
+type connSlot struct {
+	seq  uint64 // arrival order
+	idle bool   // its request has not been read yet
+}
+
+// admit counts conn against MaxConns, closing the oldest idle connection
+// when full. It reports false when every slot runs a call.
+func (s *Server) admit(conn *net.UnixConn) bool {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	if s.conns == nil {
+		s.conns = map[*net.UnixConn]*connSlot{}
+	}
+	if len(s.conns) >= MaxConns {
+		var oldest *net.UnixConn
+		for c, sl := range s.conns {
+			if sl.idle && (oldest == nil || sl.seq < s.conns[oldest].seq) {
+				oldest = c
+			}
+		}
+		if oldest == nil {
+			return false
+		}
+		// Its goroutine sees the read fail and returns; the slot is free now.
+		delete(s.conns, oldest)
+		oldest.Close()
+	}
+	s.arrival++
+	s.conns[conn] = &connSlot{seq: s.arrival, idle: true}
+	return true
+}
+
+// busy marks conn as past its request (no longer evictable); it reports
+// false if conn was evicted meanwhile.
+func (s *Server) busy(conn *net.UnixConn) bool {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	sl, ok := s.conns[conn]
+	if ok {
+		sl.idle = false
+	}
+	return ok
+}
+
+// release frees conn's slot (a no-op after an eviction).
+func (s *Server) release(conn *net.UnixConn) {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	delete(s.conns, conn)
+}
+
+// active is the number of connections being served (for tests).
+func (s *Server) active() int {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	return len(s.conns)
+}
+
+// refuse answers a connection over the cap with a busy error and closes it.
+func (s *Server) refuse(conn *net.UnixConn) {
+	defer conn.Close()
+	id := opid.New()
+	_ = conn.SetWriteDeadline(time.Now().Add(refuseTimeout))
+	_ = (&frameWriter{conn: conn}).write(api.Response{OpID: id, Done: true, Error: &api.Error{
+		Code: api.CodeBusy, OpID: id,
+		Message: fmt.Sprintf("server busy: %d calls in progress (limit); retry later", MaxConns),
+	}})
+	s.log.Warn("rpc connection refused: too many in progress", "limit", MaxConns, "op_id", id)
 }
 
 // NewServer returns a server that accepts only peers running as allowUID.
@@ -124,6 +207,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			s.log.Error("rpc: listener returned a non-unix connection")
 			continue
 		}
+		if !s.admit(uc) {
+			s.refuse(uc)
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -133,6 +220,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 func (s *Server) serveConn(ctx context.Context, conn *net.UnixConn) {
+	defer s.release(conn)
 	defer conn.Close()
 	start := time.Now()
 	w := &frameWriter{conn: conn}
@@ -157,6 +245,10 @@ func (s *Server) serveConn(ctx context.Context, conn *net.UnixConn) {
 	_ = conn.SetReadDeadline(time.Now().Add(requestTimeout))
 	frame, err := readFrame(br, MaxRequestFrame)
 	_ = conn.SetReadDeadline(time.Time{})
+	if !s.busy(conn) {
+		s.log.Warn("rpc idle connection closed to make room", "limit", MaxConns)
+		return
+	}
 	if errors.Is(err, io.EOF) {
 		return // connected and left: a liveness probe, e.g. Listen's stale check
 	}

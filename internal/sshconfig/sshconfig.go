@@ -5,12 +5,18 @@
 package sshconfig
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/banger-dev/banger/internal/api"
 )
@@ -118,7 +124,15 @@ func Install(userConfig, owned string) (bool, error) {
 	if err := checkPath("banger ssh config", owned); err != nil {
 		return false, err
 	}
-	old, mode, err := read(userConfig)
+	if err := ensureDir(filepath.Dir(userConfig)); err != nil {
+		return false, err
+	}
+	f, err := open(userConfig)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	old, err := f.read()
 	if err != nil {
 		return false, err
 	}
@@ -133,10 +147,28 @@ func Install(userConfig, owned string) (bool, error) {
 	if text == old {
 		return false, nil
 	}
-	if err := os.MkdirAll(filepath.Dir(userConfig), 0o700); err != nil {
-		return false, err
+	return true, f.write([]byte(text))
+}
+
+// ensureDir creates a missing ~/.ssh (0700) owned like its parent, so root
+// installing for a user leaves nothing root-owned in the user's home.
+func ensureDir(dir string) error {
+	if _, err := os.Lstat(dir); !errors.Is(err, fs.ErrNotExist) {
+		return nil // open() checks what is there
 	}
-	return true, writeAtomic(userConfig, []byte(text), mode)
+	parent, err := os.Lstat(filepath.Dir(dir))
+	if err != nil {
+		return fmt.Errorf("ssh config: %w", err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return fmt.Errorf("ssh config: %w", err)
+	}
+	if st, ok := parent.Sys().(*syscall.Stat_t); ok && os.Geteuid() == 0 {
+		if err := os.Lchown(dir, int(st.Uid), int(st.Gid)); err != nil {
+			return fmt.Errorf("ssh config: %w", err)
+		}
+	}
+	return nil
 }
 
 // Uninstall removes the managed block (and the blank line Install added).
@@ -145,7 +177,15 @@ func Uninstall(userConfig string) (bool, error) {
 	if err := checkPath("ssh config", userConfig); err != nil {
 		return false, err
 	}
-	old, mode, err := read(userConfig)
+	if _, err := os.Lstat(filepath.Dir(userConfig)); errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	f, err := open(userConfig)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	old, err := f.read()
 	if err != nil {
 		return false, err
 	}
@@ -154,40 +194,154 @@ func Uninstall(userConfig string) (bool, error) {
 		return false, err
 	}
 	rest = strings.TrimPrefix(rest, "\n")
-	return true, writeAtomic(userConfig, []byte(rest), mode)
+	return true, f.write([]byte(rest))
 }
 
-func read(path string) (string, fs.FileMode, error) {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return "", 0o600, nil
+// maxConfigBytes bounds an existing config we read back.
+const maxConfigBytes = 4 << 20
+
+// file is an opened target: its directory (an fd opened without following
+// a symlink), its base name, and the owner and mode a rewrite keeps.
+type file struct {
+	dir        *os.File
+	base       string
+	uid, gid   int
+	mode       fs.FileMode
+	exists     bool
+	dirPath    string
+	targetPath string
+}
+
+// open resolves path for a rewrite without ever following a symlink in its
+// last two components: the directory and the file must be what they say.
+// Allowed owners: the directory belongs to us (or, as root, to anyone — a
+// user's home), the file to the directory's owner or root. Anything else is
+// refused, so root never writes through a path another user controls.
+func open(path string) (*file, error) {
+	dirPath, base := filepath.Dir(path), filepath.Base(path)
+	fd, err := unix.Open(dirPath, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+		return nil, fmt.Errorf("ssh config: %s is a symlink or not a directory; give the real path with --ssh-config: %w", dirPath, api.ErrInvalid)
 	}
 	if err != nil {
-		return "", 0, fmt.Errorf("ssh config: %w", err)
+		return nil, fmt.Errorf("ssh config: open %s: %w", dirPath, err)
 	}
-	st, err := os.Stat(path)
+	dir := os.NewFile(uintptr(fd), dirPath)
+	f := &file{dir: dir, base: base, mode: 0o600, dirPath: dirPath, targetPath: path}
+	fail := func(err error) (*file, error) { dir.Close(); return nil, err }
+	var dst unix.Stat_t
+	if err := unix.Fstat(fd, &dst); err != nil {
+		return fail(fmt.Errorf("ssh config: stat %s: %w", dirPath, err))
+	}
+	euid := os.Geteuid()
+	if euid != 0 && int(dst.Uid) != euid {
+		return fail(fmt.Errorf("ssh config: %s belongs to uid %d, not to us (%d): %w", dirPath, dst.Uid, euid, api.ErrInvalid))
+	}
+	f.uid, f.gid = int(dst.Uid), int(dst.Gid)
+	var st unix.Stat_t
+	err = unix.Fstatat(fd, base, &st, unix.AT_SYMLINK_NOFOLLOW)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return f, nil
+	case err != nil:
+		return fail(fmt.Errorf("ssh config: stat %s: %w", path, err))
+	case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+		return fail(fmt.Errorf("ssh config: %s is a symlink; give its target with --ssh-config: %w", path, api.ErrInvalid))
+	case st.Mode&unix.S_IFMT != unix.S_IFREG:
+		return fail(fmt.Errorf("ssh config: %s is not a regular file: %w", path, api.ErrInvalid))
+	case int(st.Uid) != f.uid && st.Uid != 0:
+		return fail(fmt.Errorf("ssh config: %s belongs to uid %d, not to the owner of %s (%d): %w", path, st.Uid, dirPath, f.uid, api.ErrInvalid))
+	}
+	f.exists = true
+	f.uid, f.gid = int(st.Uid), int(st.Gid)
+	f.mode = fs.FileMode(st.Mode) & fs.ModePerm
+	return f, nil
+}
+
+func (f *file) Close() error { return f.dir.Close() }
+
+// read returns the current content ("" when there is none).
+func (f *file) read() (string, error) {
+	if !f.exists {
+		return "", nil
+	}
+	fd, err := unix.Openat(int(f.dir.Fd()), f.base, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return "", 0, err
+		return "", fmt.Errorf("ssh config: open %s: %w", f.targetPath, err)
 	}
-	return string(b), st.Mode().Perm(), nil
+	r := os.NewFile(uintptr(fd), f.targetPath)
+	defer r.Close()
+	b, err := io.ReadAll(io.LimitReader(r, maxConfigBytes+1))
+	if err != nil {
+		return "", fmt.Errorf("ssh config: read %s: %w", f.targetPath, err)
+	}
+	if len(b) > maxConfigBytes {
+		return "", fmt.Errorf("ssh config: %s is larger than %d bytes (limit): %w", f.targetPath, maxConfigBytes, api.ErrInvalid)
+	}
+	return string(b), nil
+}
+
+// write replaces the file atomically: a fresh O_EXCL temp file with a random
+// name in the same directory (created through the directory fd, so no
+// planted symlink is followed), owned like the file it replaces, renamed over
+// it.
+func (f *file) write(data []byte) error {
+	dfd := int(f.dir.Fd())
+	var tmp string
+	fd := -1
+	for range 100 {
+		var rnd [8]byte
+		if _, err := rand.Read(rnd[:]); err != nil {
+			return err
+		}
+		tmp = "." + f.base + ".banger-" + hex.EncodeToString(rnd[:])
+		var err error
+		fd, err = unix.Openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if errors.Is(err, unix.EEXIST) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("ssh config: create temp in %s: %w", f.dirPath, err)
+		}
+		break
+	}
+	if fd < 0 {
+		return fmt.Errorf("ssh config: no free temp name in %s", f.dirPath)
+	}
+	out := os.NewFile(uintptr(fd), tmp)
+	err := func() error {
+		defer out.Close()
+		if _, err := out.Write(data); err != nil {
+			return err
+		}
+		if os.Geteuid() == 0 {
+			if err := out.Chown(f.uid, f.gid); err != nil {
+				return err
+			}
+		}
+		if err := out.Chmod(f.mode); err != nil { // not the umask's choice
+			return err
+		}
+		return out.Sync()
+	}()
+	if err == nil {
+		err = unix.Renameat(dfd, tmp, dfd, f.base)
+	}
+	if err != nil {
+		_ = unix.Unlinkat(dfd, tmp, 0)
+		return fmt.Errorf("ssh config: write %s: %w", f.targetPath, err)
+	}
+	return nil
 }
 
 func writeAtomic(path string, data []byte, mode fs.FileMode) error {
-	// Write through a symlinked config (dotfile managers) to its target.
-	if t, err := filepath.EvalSymlinks(path); err == nil {
-		path = t
+	f, err := open(path)
+	if err != nil {
+		return err
 	}
-	tmp := path + ".banger-tmp"
-	if err := os.WriteFile(tmp, data, mode); err != nil {
-		return fmt.Errorf("ssh config: %w", err)
+	defer f.Close()
+	if !f.exists {
+		f.mode = mode
 	}
-	if err := os.Chmod(tmp, mode); err != nil { // not the umask's choice
-		_ = os.Remove(tmp)
-		return fmt.Errorf("ssh config: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("ssh config: %w", err)
-	}
-	return nil
+	return f.write(data)
 }

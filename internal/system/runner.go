@@ -33,6 +33,9 @@ type ProcSpec struct {
 	Stdout string   // file to append stdout+stderr to; /dev/null when empty
 	UID    int      // run as this uid/gid when non-zero and we are root
 	GID    int
+	// ExtraFiles are inherited as fds 3, 4, ... (a TAP opened by the
+	// privileged side, for a VMM that could not open it itself).
+	ExtraFiles []*os.File
 }
 
 // ExitError is returned by Run when the command exited non-zero.
@@ -102,6 +105,7 @@ func (Exec) Start(ctx context.Context, spec ProcSpec) (int, error) {
 	cmd.Env = append(baseEnv(), spec.Env...)
 	cmd.Stdout = out
 	cmd.Stderr = out
+	cmd.ExtraFiles = spec.ExtraFiles
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if spec.UID != 0 && os.Geteuid() == 0 {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(spec.UID), Gid: uint32(spec.GID)}

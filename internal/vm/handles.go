@@ -5,13 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/logfile"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/store"
+	"github.com/banger-dev/banger/internal/vmm"
 )
 
 // Handles are what is true now about a running VM. They are kept in memory
@@ -21,6 +22,13 @@ import (
 type Handles struct {
 	PID int    `json:"pid"`
 	Tap string `json:"tap"`
+}
+
+// consoleAttacher is a driver that copies the console of a running VMM
+// itself (qemu: from its console socket) and can resume that after a
+// daemon restart.
+type consoleAttacher interface {
+	AttachConsole(vmm.Spec) error
 }
 
 func (s *Service) handlesPath(v store.VM) string { return filepath.Join(v.Dir, paths.VMHandlesFile) }
@@ -88,6 +96,13 @@ func (s *Service) Reconcile(ctx context.Context) error {
 				s.d.Log.WarnContext(ctx, "rewrite handles", "vm", v.Name, "err", err)
 			}
 			go s.monitor(v.ID, pid)
+			// Copy the serial console again (the previous daemon's copy died
+			// with it); without it the VM runs on with no console log.
+			if c, ok := s.d.Driver.(consoleAttacher); ok {
+				if err := c.AttachConsole(spec); err != nil {
+					s.d.Log.WarnContext(ctx, "reattach console", "vm", v.Name, "err", err)
+				}
+			}
 			s.d.Log.InfoContext(ctx, "adopted running vm", "vm", v.Name, "pid", pid)
 			continue
 		}
@@ -120,7 +135,8 @@ func (s *Service) Running(v store.VM) bool {
 	return h != nil && s.d.Driver.Alive(h.PID)
 }
 
-// Logs returns the tail of the VM's serial console.
+// Logs returns the tail of the VM's serial console (console.log and its
+// rotated predecessor; the driver caps them, see qemu.ConsoleMaxBytes).
 func (s *Service) Logs(ctx context.Context, name string, n int64) (string, []byte, error) {
 	v, err := s.Get(ctx, name)
 	if err != nil {
@@ -130,29 +146,9 @@ func (s *Service) Logs(ctx context.Context, name string, n int64) (string, []byt
 	if n <= 0 || n > 4<<20 {
 		n = 4 << 20
 	}
-	b, err := tail(p, n)
+	b, err := logfile.Tail(p, n)
 	if errors.Is(err, os.ErrNotExist) {
 		return p, nil, fmt.Errorf("vm %q has no console log yet: %w", v.Name, api.ErrNotFound)
 	}
 	return p, b, err
-}
-
-func tail(path string, n int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	off := st.Size() - n
-	if off < 0 {
-		off = 0
-	}
-	if _, err := f.Seek(off, io.SeekStart); err != nil {
-		return nil, err
-	}
-	return io.ReadAll(f)
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/logfile"
 	"github.com/banger-dev/banger/internal/store"
 )
 
@@ -69,8 +70,16 @@ func (s *Service) start(ctx context.Context, v *store.VM, bootTimeout time.Durat
 		{name: "nat", do: func(ctx context.Context) error { return s.applyFirewall(ctx, *v) },
 			undo: func(ctx context.Context) error { return s.removeFirewall(ctx, *v) }},
 		{name: "vmm_launch", do: func(ctx context.Context) error {
-			_ = os.Remove(s.consolePath(*v)) // the log shows this boot only
+			_ = logfile.Remove(s.consolePath(*v)) // the log shows this boot only
+			tapf, err := s.d.Net.OpenTap(ctx, v.Tap)
+			if err != nil {
+				return fmt.Errorf("open tap %s: %w", v.Tap, err)
+			}
+			spec.TapFile = tapf
 			pid, err := s.d.Driver.Start(ctx, spec)
+			// The VMM holds its own copy now (or never will).
+			spec.TapFile = nil
+			tapf.Close()
 			if err != nil {
 				return err
 			}
@@ -80,6 +89,10 @@ func (s *Service) start(ctx context.Context, v *store.VM, bootTimeout time.Durat
 			v.LastError = ""
 			if err := s.writeHandles(*v, h); err != nil {
 				return err
+			}
+			if s.d.AfterStep != nil {
+				// The window inside this step: a live VMM, a row not yet running.
+				s.d.AfterStep(stepVMMStarted)
 			}
 			if err := s.d.Store.UpdateVM(ctx, v); err != nil {
 				return err
@@ -117,7 +130,7 @@ func (s *Service) start(ctx context.Context, v *store.VM, bootTimeout time.Durat
 			return err
 		}},
 	}
-	err = runSteps(ctx, s.d.Log, steps, progress.stage)
+	err = runSteps(ctx, s.d.Log, s.hookSteps(steps), progress.stage)
 	if err != nil {
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
 		defer cancel()
@@ -149,7 +162,7 @@ func firstLine(s string) string {
 }
 
 func (s *Service) consoleTail(v store.VM, n int64) string {
-	b, err := tail(s.consolePath(v), n)
+	b, err := logfile.Tail(s.consolePath(v), n)
 	if err != nil {
 		return "(no console log: " + err.Error() + ")"
 	}
@@ -280,6 +293,11 @@ func (s *Service) Delete(ctx context.Context, name string, force bool) error {
 	}
 	unlock := s.lock(v.ID)
 	defer unlock()
+	// Tear down what the row says now: another operation may have changed
+	// it (started the VM, claimed a TAP) while we waited for the lock.
+	if v, err = s.Get(ctx, v.ID); err != nil {
+		return err
+	}
 	if h := s.handle(v.ID); h != nil && s.d.Driver.Alive(h.PID) {
 		if !force {
 			return fmt.Errorf("vm %q is running (stop it or use --force): %w", v.Name, api.ErrBusy)

@@ -35,15 +35,17 @@ func (s *Service) vmNet(ctx context.Context, v store.VM) (hostnet.VMNet, error) 
 	if err != nil {
 		return hostnet.VMNet{}, fmt.Errorf("mac %q: %w", v.MAC, api.ErrInvalid)
 	}
-	nat, err := s.d.Store.NAT(ctx, v.ID)
+	pol, err := s.d.Store.NetPolicy(ctx, v.ID)
 	if err != nil {
 		return hostnet.VMNet{}, err
 	}
-	return hostnet.VMNet{ID: v.ID, IP: ip, MAC: mac, Tap: v.Tap, NAT: nat}, nil
+	return hostnet.VMNet{ID: v.ID, IP: ip, MAC: mac, Tap: v.Tap, NAT: pol.NAT, NATPrivate: pol.NATPrivate,
+		HostAccess: pol.HostAccess}, nil
 }
 
-// applyFirewall is the `nat` start step: anti-spoofing on the TAP always,
-// masquerade + forward when the VM has NAT.
+// applyFirewall is the `nat` start step: the allowlist on the TAP always;
+// masquerade + forward when the VM has NAT (private ranges only with
+// nat_private); host services beyond DNS only with host_access.
 func (s *Service) applyFirewall(ctx context.Context, v store.VM) error {
 	if s.d.Firewall == nil {
 		return nil
@@ -66,9 +68,13 @@ func (s *Service) removeFirewall(ctx context.Context, v store.VM) error {
 	return nil
 }
 
-// reconcileNet runs at the end of Reconcile: a stopped row's TAP and rules
-// (left by a daemon killed mid-start, before the row said `running`) are
-// removed, and any rule of a VM that is not running now is pruned.
+// reconcileNet runs at the end of Reconcile: the firewall of every adopted
+// running VM is applied again (the ruleset may have been flushed, or left
+// by an older banger, while the daemon was down; Apply replaces a VM's
+// rules atomically, so the guest is never unguarded), a stopped row's TAP
+// and rules (left by a daemon killed mid-start, before the row said
+// `running`) are removed, and any rule of a VM that is not running now is
+// pruned.
 func (s *Service) reconcileNet(ctx context.Context) error {
 	vms, err := s.d.Store.ListVMs(ctx)
 	if err != nil {
@@ -79,6 +85,9 @@ func (s *Service) reconcileNet(ctx context.Context) error {
 	for _, v := range vms {
 		if s.Running(v) {
 			keep[v.ID] = v.Tap
+			if err := s.reapplyNet(ctx, v); err != nil {
+				errs = append(errs, fmt.Errorf("vm %q: re-apply firewall: %w", v.Name, err))
+			}
 			continue
 		}
 		if v.State != StateStopped {
@@ -92,6 +101,7 @@ func (s *Service) reconcileNet(ctx context.Context) error {
 				}
 			}
 		}
+		s.removeHandles(v) // written by that launch; nothing it names is alive now
 		if v.Tap != "" {
 			// A claim left by a daemon killed mid-start or mid-teardown.
 			if err := s.removeFirewall(ctx, v); err != nil {
@@ -112,6 +122,21 @@ func (s *Service) reconcileNet(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("tap pool: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// reapplyNet restores an adopted VM's host-side network hardening: the
+// bridge's and TAP's IPv6 switches, then its firewall rules.
+func (s *Service) reapplyNet(ctx context.Context, v store.VM) error {
+	if v.Tap == "" {
+		return nil
+	}
+	if err := s.d.Net.EnsureBridge(ctx); err != nil {
+		return err
+	}
+	if err := s.d.Net.CreateTap(ctx, v.Tap, s.d.UID); err != nil {
+		return err
+	}
+	return s.applyFirewall(ctx, v)
 }
 
 // LookupVM resolves a running VM's name to its guest IP (the DNS server).
@@ -143,11 +168,17 @@ func (s *Service) LookupVMAddr(ctx context.Context, ip netip.Addr) (string, bool
 
 // NAT reports whether the VM has NAT enabled (for views).
 func (s *Service) NAT(ctx context.Context, v store.VM) bool {
-	on, _ := s.d.Store.NAT(ctx, v.ID)
-	return on
+	return s.netPolicy(ctx, v).NAT
 }
 
-// Set changes a stopped VM: NAT, vCPUs, memory. Effective at the next start.
+// netPolicy is the VM's network opt-ins (for views; all off on error).
+func (s *Service) netPolicy(ctx context.Context, v store.VM) store.NetPolicy {
+	p, _ := s.d.Store.NetPolicy(ctx, v.ID)
+	return p
+}
+
+// Set changes a stopped VM: network opt-ins, vCPUs, memory. Effective at
+// the next start.
 func (s *Service) Set(ctx context.Context, p api.SetVMParams) (store.VM, error) {
 	v, err := s.Get(ctx, p.Name)
 	if err != nil {
@@ -161,8 +192,24 @@ func (s *Service) Set(ctx context.Context, p api.SetVMParams) (store.VM, error) 
 	if s.Running(v) || v.State == StateRunning || v.State == StateCreating {
 		return v, fmt.Errorf("vm %q is %s; stop it first (changes apply at the next start): %w", v.Name, v.State, api.ErrBusy)
 	}
-	if p.NAT == nil && p.VCPU == nil && p.MemoryMiB == nil {
-		return v, fmt.Errorf("vm set %q: nothing to change (give --nat, --vcpu or --memory): %w", v.Name, api.ErrInvalid)
+	if p.NAT == nil && p.NATPrivate == nil && p.HostAccess == nil && p.VCPU == nil && p.MemoryMiB == nil {
+		return v, fmt.Errorf("vm set %q: nothing to change (give --nat, --nat-private, --host-access, --vcpu or --memory): %w",
+			v.Name, api.ErrInvalid)
+	}
+	pol, err := s.d.Store.NetPolicy(ctx, v.ID)
+	if err != nil {
+		return v, err
+	}
+	for _, f := range []struct {
+		to  *bool
+		set *bool
+	}{{&pol.NAT, p.NAT}, {&pol.NATPrivate, p.NATPrivate}, {&pol.HostAccess, p.HostAccess}} {
+		if f.set != nil {
+			*f.to = *f.set
+		}
+	}
+	if pol.NATPrivate && !pol.NAT {
+		return v, fmt.Errorf("vm set %q: --nat-private needs --nat (turn both off together): %w", v.Name, api.ErrInvalid)
 	}
 	if p.VCPU != nil && (*p.VCPU < 1 || *p.VCPU > 32) {
 		return v, fmt.Errorf("vcpu %d: must be 1-32: %w", *p.VCPU, api.ErrInvalid)
@@ -181,12 +228,13 @@ func (s *Service) Set(ctx context.Context, p api.SetVMParams) (store.VM, error) 
 			return v, err
 		}
 	}
-	if p.NAT != nil {
-		if err := s.d.Store.SetNAT(ctx, v.ID, *p.NAT); err != nil {
+	if p.NAT != nil || p.NATPrivate != nil || p.HostAccess != nil {
+		if err := s.d.Store.SetNetPolicy(ctx, v.ID, pol); err != nil {
 			return v, err
 		}
 	}
-	s.d.Log.InfoContext(ctx, "vm set", "vm", v.Name, "vcpu", v.VCPU, "memory_mib", v.MemoryMiB, "nat", p.NAT)
+	s.d.Log.InfoContext(ctx, "vm set", "vm", v.Name, "vcpu", v.VCPU, "memory_mib", v.MemoryMiB, "nat", pol.NAT,
+		"nat_private", pol.NATPrivate, "host_access", pol.HostAccess)
 	return v, nil
 }
 
@@ -200,17 +248,24 @@ func (s *Service) Ports(ctx context.Context, name string) ([]api.Port, error) {
 	if !s.Running(v) {
 		return nil, fmt.Errorf("vm %q is %s: %w", v.Name, v.State, api.ErrNotRunning)
 	}
-	var out, errb bytes.Buffer
+	// The guest's ss output is hostile: parsed within a limit, its stderr
+	// kept as a bounded tail.
+	var out bytes.Buffer
+	var errb guest.Tail
 	code, err := s.d.SSH.Exec(ctx, s.target(v), guest.ExecRequest{Argv: []string{"ss", "-H", "-l", "-n", "-t", "-u", "-p"},
-		Stdout: &out, Stderr: &errb})
+		Stdout: guest.NewLimitWriter(&out, PortsLimit, "ss output"), Stderr: &errb})
 	if err != nil {
 		return nil, fmt.Errorf("vm %q: ss: %w", v.Name, err)
 	}
 	if code != 0 {
-		return nil, fmt.Errorf("vm %q: ss exited %d: %s", v.Name, code, strings.TrimSpace(errb.String()))
+		return nil, fmt.Errorf("vm %q: ss exited %d: %s", v.Name, code, errb.String())
 	}
 	return ParsePorts(out.String(), v.Name), nil
 }
+
+// PortsLimit bounds the `ss` output `vm ports` parses (a line is ~150
+// bytes: some 25,000 sockets).
+const PortsLimit = 4 << 20
 
 // ParsePorts parses `ss -H -lntup` output. Sockets bound to loopback get no
 // URL hint; others get http://NAME.vm:PORT (TCP only).
@@ -244,7 +299,7 @@ func ParsePorts(ssOut, vmName string) []api.Port {
 		}
 		p := api.Port{Proto: proto, Address: addr, Port: port}
 		if len(f) > 6 {
-			p.Process = processName(strings.Join(f[6:], " "))
+			p.Process = guest.Printable(processName(strings.Join(f[6:], " ")))
 		}
 		loop := false
 		if a, err := netip.ParseAddr(addr); err == nil && a.Unmap().IsLoopback() {

@@ -68,7 +68,8 @@ func (f *fakeFirewall) String() string {
 	defer f.mu.Unlock()
 	var out []string
 	for _, v := range f.rules {
-		out = append(out, fmt.Sprintf("%s ip=%s tap=%s nat=%v", v.ID, v.IP, v.Tap, v.NAT))
+		out = append(out, fmt.Sprintf("%s ip=%s tap=%s nat=%v nat_private=%v host_access=%v", v.ID, v.IP, v.Tap, v.NAT,
+			v.NATPrivate, v.HostAccess))
 	}
 	for t := range f.taps {
 		out = append(out, "guard "+t)
@@ -92,12 +93,12 @@ func TestNATFollowsTheRow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := fmt.Sprintf("%s ip=%s tap=%s nat=true; guard %s", v.ID, v.GuestIP, v.Tap, v.Tap)
+	want := fmt.Sprintf("%s ip=%s tap=%s nat=true nat_private=false host_access=false; guard %s", v.ID, v.GuestIP, v.Tap, v.Tap)
 	if fw.String() != want {
 		t.Fatalf("rules = %q, want %q", fw, want)
 	}
-	if !f.svc.View(v).NAT {
-		t.Error("view does not show nat")
+	if view := f.svc.View(v); !view.NAT || view.NATPrivate || view.HostAccess {
+		t.Errorf("view: nat %v nat_private %v host_access %v", view.NAT, view.NATPrivate, view.HostAccess)
 	}
 	off := false
 	if _, err := f.svc.Set(ctx, api.SetVMParams{Name: "web", NAT: &off}); !errors.Is(err, api.ErrBusy) {
@@ -127,7 +128,7 @@ func TestNATFollowsTheRow(t *testing.T) {
 	if v.VCPU != 1 || v.MemoryMiB != 256 {
 		t.Errorf("vm after set = %+v", v)
 	}
-	want = fmt.Sprintf("%s ip=%s tap=%s nat=false; guard %s", v.ID, v.GuestIP, v.Tap, v.Tap)
+	want = fmt.Sprintf("%s ip=%s tap=%s nat=false nat_private=false host_access=false; guard %s", v.ID, v.GuestIP, v.Tap, v.Tap)
 	if fw.String() != want {
 		t.Fatalf("rules after set --nat=false = %q, want %q", fw, want)
 	}
@@ -179,9 +180,89 @@ func TestReconcilePrunesStaleRules(t *testing.T) {
 	if err := svc2.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
-	want := fmt.Sprintf("%s ip=%s tap=%s nat=true; guard %s", v.ID, v.GuestIP, v.Tap, v.Tap)
+	want := fmt.Sprintf("%s ip=%s tap=%s nat=true nat_private=false host_access=false; guard %s", v.ID, v.GuestIP, v.Tap, v.Tap)
 	if fw.String() != want {
 		t.Fatalf("rules after reconcile = %q, want %q", fw, want)
+	}
+	if f.h.String() != "procs=1 taps=["+v.Tap+"]" {
+		t.Fatalf("host after reconcile = %s", f.h)
+	}
+}
+
+// The opt-ins reach the firewall from create and from vm set, and show in
+// the view.
+func TestNetOptIns(t *testing.T) {
+	f, fw := withFirewall(t)
+	ctx := context.Background()
+	if _, err := f.svc.Create(ctx, api.CreateVMParams{Name: "bad", WorkDisk: "32M", NATPrivate: true}, nil); !errors.Is(err, api.ErrInvalid) {
+		t.Fatalf("--nat-private without --nat: %v", err)
+	}
+	v, err := f.svc.Create(ctx, api.CreateVMParams{Name: "dev", WorkDisk: "32M", NAT: true, NATPrivate: true, HostAccess: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("%s ip=%s tap=%s nat=true nat_private=true host_access=true; guard %s", v.ID, v.GuestIP, v.Tap, v.Tap)
+	if fw.String() != want {
+		t.Fatalf("rules = %q, want %q", fw, want)
+	}
+	if view := f.svc.View(v); !view.NAT || !view.NATPrivate || !view.HostAccess {
+		t.Errorf("view: nat %v nat_private %v host_access %v", view.NAT, view.NATPrivate, view.HostAccess)
+	}
+	off, on := false, true
+	if _, err := f.svc.Set(ctx, api.SetVMParams{Name: "dev", HostAccess: &off}); !errors.Is(err, api.ErrBusy) {
+		t.Fatalf("set on a running vm: %v", err)
+	}
+	if _, err := f.svc.Stop(ctx, "dev", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.Set(ctx, api.SetVMParams{Name: "dev", NAT: &off}); !errors.Is(err, api.ErrInvalid) {
+		t.Fatalf("nat off leaving nat_private on: %v", err)
+	}
+	if _, err := f.svc.Set(ctx, api.SetVMParams{Name: "dev", NATPrivate: &off, HostAccess: &off}); err != nil {
+		t.Fatal(err)
+	}
+	if v, err = f.svc.Start(ctx, "dev", nil); err != nil {
+		t.Fatal(err)
+	}
+	want = fmt.Sprintf("%s ip=%s tap=%s nat=true nat_private=false host_access=false; guard %s", v.ID, v.GuestIP, v.Tap, v.Tap)
+	if fw.String() != want {
+		t.Fatalf("rules after set = %q, want %q", fw, want)
+	}
+	if _, err := f.svc.Stop(ctx, "dev", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.Set(ctx, api.SetVMParams{Name: "dev", NAT: &off, HostAccess: &on}); err != nil {
+		t.Fatal(err)
+	}
+	if v, err = f.svc.Start(ctx, "dev", nil); err != nil {
+		t.Fatal(err)
+	}
+	want = fmt.Sprintf("%s ip=%s tap=%s nat=false nat_private=false host_access=true; guard %s", v.ID, v.GuestIP, v.Tap, v.Tap)
+	if fw.String() != want {
+		t.Fatalf("rules after set --host-access = %q, want %q", fw, want)
+	}
+}
+
+// A daemon restarted while VMs run finds their rules gone (flushed by
+// someone, or a host firewall reload): reconcile applies them again, with
+// the row's opt-ins.
+func TestReconcileReappliesFirewall(t *testing.T) {
+	f, fw := withFirewall(t)
+	ctx := context.Background()
+	v, err := f.svc.Create(ctx, api.CreateVMParams{Name: "keep", WorkDisk: "32M", NAT: true, HostAccess: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fw.String()
+	if err := fw.Remove(ctx, v.ID, v.Tap); err != nil { // `nft flush ruleset` while the daemon was down
+		t.Fatal(err)
+	}
+	svc2 := New(f.deps)
+	if err := svc2.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := fw.String(); got != want || !strings.Contains(got, "host_access=true") {
+		t.Fatalf("rules after reconcile = %q, want %q", got, want)
 	}
 	if f.h.String() != "procs=1 taps=["+v.Tap+"]" {
 		t.Fatalf("host after reconcile = %s", f.h)

@@ -48,12 +48,20 @@ const (
 	guestUser          = "root"
 )
 
-var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`)
+var (
+	nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`)
+	// idRE is the shape of newID's ids; no name may have it, so a name can
+	// never shadow another VM's id (lookups take an id or a name).
+	idRE = regexp.MustCompile(`^[0-9a-f]{12}$`)
+)
 
 // ValidName reports whether name is a valid VM name (it becomes the guest hostname).
 func ValidName(name string) error {
 	if !nameRE.MatchString(name) {
 		return fmt.Errorf("vm name %q: must be 1-32 lower-case letters, digits or '-', not starting or ending with '-': %w", name, api.ErrInvalid)
+	}
+	if idRE.MatchString(name) {
+		return fmt.Errorf("vm name %q: 12 hex digits is the form of a VM id; pick another name: %w", name, api.ErrInvalid)
 	}
 	return nil
 }
@@ -68,6 +76,9 @@ type Network interface {
 	PoolTaps(ctx context.Context) ([]string, error)
 	// ReleaseTap returns a TAP to the pool (kept on the bridge, down).
 	ReleaseTap(ctx context.Context, name string) error
+	// OpenTap returns an open queue of the TAP for the VMM to inherit: the
+	// VMM's uid may not open /dev/net/tun (0600 root on many hosts).
+	OpenTap(ctx context.Context, name string) (*os.File, error)
 }
 
 // Guest reaches into running VMs (internal/guest.Pool in production).
@@ -103,6 +114,12 @@ type Deps struct {
 	// AfterStart runs after every successful boot (create, start, restart),
 	// best effort: it logs its own failures, the VM stays up (file sync).
 	AfterStart func(ctx context.Context, v store.VM)
+	// AfterStep, when set, runs after each create/start step that succeeded,
+	// with the step's name, and at "vmm_launch:started" (VMM running, row not
+	// yet updated). It is failure injection only (cmd/bangerd sets it
+	// from BANGER_FAILPOINT to kill the daemon at a chosen point); nil in
+	// production.
+	AfterStep func(step string)
 }
 
 // Service is the VM lifecycle service.
@@ -114,6 +131,11 @@ type Service struct {
 	handles map[string]*Handles    // what is true now, by id
 	stopped map[string]bool        // VMs we are stopping on purpose (monitor must not flag them)
 	poolMu  sync.Mutex             // serialises TAP pool acquire/release (see tappool.go)
+
+	// afterAllocIP runs between IP allocation and the row insert, under the
+	// service lock: a test barrier (nil in production) that makes concurrent
+	// creates collide every time if the lock is ever dropped.
+	afterAllocIP func()
 }
 
 // New returns the service. Call Reconcile before serving requests.
@@ -165,9 +187,15 @@ func (s *Service) View(v store.VM) api.VM {
 		MemoryMiB: v.MemoryMiB, DiskBytes: v.DiskBytes, WorkDiskBytes: v.WorkDiskBytes, GuestIP: v.GuestIP,
 		MAC: v.MAC, Tap: v.Tap, CloneMethod: v.CloneMethod, LastError: v.LastError, Dir: v.Dir, CreatedAt: v.CreatedAt,
 	}
-	out.NAT = s.NAT(context.Background(), v)
+	pol := s.netPolicy(context.Background(), v)
+	out.NAT, out.NATPrivate, out.HostAccess = pol.NAT, pol.NATPrivate, pol.HostAccess
 	if h := s.handle(v.ID); h != nil {
 		out.PID = h.PID
+		if h.PID > 0 {
+			if c, err := vmm.Confinement(h.PID); err == nil {
+				out.VMM = &c
+			}
+		}
 	}
 	return out
 }
@@ -208,6 +236,9 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 	if p.VCPU < 1 || p.VCPU > 32 {
 		return store.VM{}, fmt.Errorf("vcpu %d: must be 1-32: %w", p.VCPU, api.ErrInvalid)
 	}
+	if p.NATPrivate && !p.NAT {
+		return store.VM{}, fmt.Errorf("--nat-private needs --nat: %w", api.ErrInvalid)
+	}
 	if p.MemoryMiB < 128 || p.MemoryMiB > 64<<10 {
 		return store.VM{}, fmt.Errorf("memory %d MiB: must be 128-65536: %w", p.MemoryMiB, api.ErrInvalid)
 	}
@@ -243,6 +274,12 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 	}
 
 	id := newID()
+	// Rows from before names were kept apart from ids may use one as a name.
+	for range 8 {
+		if _, err := s.d.Store.GetVM(ctx, id); !errors.Is(err, api.ErrNotFound) {
+			id = newID()
+		}
+	}
 	v := store.VM{
 		ID: id, Name: p.Name, Image: img.Name, Kernel: kern.Name, VCPU: p.VCPU, MemoryMiB: p.MemoryMiB,
 		DiskBytes: max(rootSize, img.SizeBytes), WorkDiskBytes: workSize, State: StateCreating,
@@ -252,6 +289,9 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 	// concurrent creates never get the same address.
 	s.mu.Lock()
 	ip, err := s.allocIP(ctx)
+	if err == nil && s.afterAllocIP != nil {
+		s.afterAllocIP()
+	}
 	if err == nil {
 		v.GuestIP = ip.String()
 		v.MAC = hostnet.MACForIP(ip).String()
@@ -288,8 +328,8 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 			if err := s.d.Store.UpdateVM(ctx, &v); err != nil {
 				return err
 			}
-			if p.NAT {
-				return s.d.Store.SetNAT(ctx, v.ID, true)
+			if pol := (store.NetPolicy{NAT: p.NAT, NATPrivate: p.NATPrivate, HostAccess: p.HostAccess}); pol != (store.NetPolicy{}) {
+				return s.d.Store.SetNetPolicy(ctx, v.ID, pol)
 			}
 			return nil
 		}},
@@ -302,7 +342,7 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 		}
 		return err
 	}
-	if err := runSteps(ctx, s.d.Log, steps, progress.stage); err != nil {
+	if err := runSteps(ctx, s.d.Log, s.hookSteps(steps), progress.stage); err != nil {
 		return store.VM{}, undoRow(fmt.Errorf("create vm %q: %w", p.Name, err))
 	}
 	if p.NoStart {

@@ -24,6 +24,7 @@ import (
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/store"
 	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/testenv"
 	"github.com/banger-dev/banger/internal/vmm"
 )
 
@@ -149,6 +150,16 @@ func (n fakeNet) PoolTaps(ctx context.Context) ([]string, error) {
 	})
 	return out, nil
 }
+
+// OpenTap hands out /dev/null for a TAP that exists: the fake driver never reads it.
+func (n fakeNet) OpenTap(ctx context.Context, name string) (*os.File, error) {
+	n.h.mu.Lock()
+	defer n.h.mu.Unlock()
+	if _, ok := n.h.taps[name]; !ok {
+		return nil, fmt.Errorf("open tap %s: no such tap", name)
+	}
+	return os.Open(os.DevNull)
+}
 func (n fakeNet) ReleaseTap(ctx context.Context, name string) error {
 	n.h.mu.Lock()
 	defer n.h.mu.Unlock()
@@ -194,9 +205,7 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	if _, err := system.LookPath("mkfs.ext4"); err != nil {
-		t.Skip("mkfs.ext4 not installed")
-	}
+	testenv.RequireTools(t, "mkfs.ext4")
 	ctx := context.Background()
 	layout := paths.Layout{Root: t.TempDir()}
 	if err := layout.Ensure(); err != nil {
@@ -367,8 +376,10 @@ func mustVM(t *testing.T, f *fixture, name string) store.VM {
 	return v
 }
 
-// A daemon restart adopts live VMMs, tears down dead ones, and copes with a
-// corrupt handles.json and with a create that was interrupted.
+// A daemon restart adopts live VMMs (rewriting a corrupt handles.json from
+// what it found), tears down dead ones, and marks an interrupted create as
+// failed. Reconcile never reads a pid from handles.json: see
+// TestReconcileDoesNotTrustHandlesFile (crash_test.go).
 func TestReconcile(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
@@ -407,6 +418,9 @@ func TestReconcile(t *testing.T) {
 	}
 	if !svc2.Running(mustVM(t, f, "live")) || !svc2.Running(mustVM(t, f, "corrupt")) {
 		t.Error("live VMs not adopted")
+	}
+	if h, err := svc2.readHandles(corrupt); err != nil || h.PID != svc2.handle(corrupt.ID).PID || h.Tap != corrupt.Tap {
+		t.Errorf("adopted vm's handles.json not rewritten: %+v, %v", h, err)
 	}
 	if s := f.h.String(); s != fmt.Sprintf("procs=2 taps=%v", sortedTaps(live.Tap, corrupt.Tap)) {
 		t.Errorf("after reconcile: %s", s)
@@ -449,9 +463,31 @@ func TestMonitorNoticesVMMDeath(t *testing.T) {
 
 func TestConcurrentCreatesGetDistinctIPs(t *testing.T) {
 	f := newFixture(t)
+	const n = 4
+	// Between allocation and insert, each create waits (bounded) for the
+	// others to allocate too. Under the service lock none can, so each waits
+	// alone and moves on; without it all allocate the same free address and
+	// all but one insert fail, on every run.
+	var mu sync.Mutex
+	arrived := 0
+	f.svc.afterAllocIP = func() {
+		mu.Lock()
+		arrived++
+		mu.Unlock()
+		deadline := time.Now().Add(300 * time.Millisecond)
+		for time.Now().Before(deadline) {
+			mu.Lock()
+			all := arrived == n
+			mu.Unlock()
+			if all {
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 	var wg sync.WaitGroup
-	errs := make([]error, 4)
-	for i := range 4 {
+	errs := make([]error, n)
+	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

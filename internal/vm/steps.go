@@ -55,3 +55,28 @@ func runSteps(ctx context.Context, log *slog.Logger, steps []step, progress func
 	}
 	return nil
 }
+
+// stepVMMStarted is the point inside vmm_launch that Deps.AfterStep also
+// reports: the VMM runs and handles.json names it, the row is not running yet.
+const stepVMMStarted = "vmm_launch:started"
+
+// hookSteps wraps each step so that Deps.AfterStep runs once its do has
+// succeeded (failure injection: a daemon killed right after a named step).
+func (s *Service) hookSteps(steps []step) []step {
+	if s.d.AfterStep == nil {
+		return steps
+	}
+	out := make([]step, len(steps))
+	for i, st := range steps {
+		do := st.do
+		st.do = func(ctx context.Context) error {
+			if err := do(ctx); err != nil {
+				return err
+			}
+			s.d.AfterStep(st.name)
+			return nil
+		}
+		out[i] = st
+	}
+	return out
+}

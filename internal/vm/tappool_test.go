@@ -123,7 +123,7 @@ func TestTapPoolCrashRecovery(t *testing.T) {
 	if got := mustVM(t, f, "mid"); got.Tap != "" || got.State != StateStopped {
 		t.Fatalf("after reconcile: %+v", got)
 	}
-	want := fmt.Sprintf("%s ip=%s tap=%s nat=false; guard %s", keep.ID, keep.GuestIP, keep.Tap, keep.Tap)
+	want := fmt.Sprintf("%s ip=%s tap=%s nat=false nat_private=false host_access=false; guard %s", keep.ID, keep.GuestIP, keep.Tap, keep.Tap)
 	if fw.String() != want || f.h.String() != "procs=1 taps=["+keep.Tap+"]" || len(f.h.pool()) != 2 {
 		t.Fatalf("after reconcile: rules %q host %s pool %v", fw, f.h, f.h.pool())
 	}

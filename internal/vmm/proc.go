@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -39,26 +40,95 @@ func ProcessAlive(pid int) bool {
 	return true
 }
 
-// KillProcess sends SIGKILL to pid without waiting; a missing process is success.
-func KillProcess(pid int) error {
+// ErrNotVMM: the process at a pid is not the VMM it was recorded as (the pid
+// was reused by something else); it was not signalled.
+var ErrNotVMM = errors.New("process is not the expected vmm")
+
+// KillProcess sends SIGKILL to pid, if it is the process match recognises,
+// without waiting; a missing process is success. See SignalProcess.
+func KillProcess(pid int, match func(args []string) bool) error {
+	return SignalProcess(pid, unix.SIGKILL, match)
+}
+
+// TerminateProcess sends SIGTERM to pid, if match recognises it; a missing
+// process is success.
+func TerminateProcess(pid int, match func(args []string) bool) error {
+	return SignalProcess(pid, unix.SIGTERM, match)
+}
+
+// SignalProcess signals pid through a pidfd, never by bare pid: the process
+// is pinned first (pidfd_open), its argv read from /proc, the pidfd checked
+// to be still live (so that argv was the pinned process's, not a successor's),
+// and only a process match accepts gets sig, through the same pidfd. A
+// process that is gone (or a zombie) is success; one match refuses is left
+// alone and reported with ErrNotVMM.
+func SignalProcess(pid int, sig unix.Signal, match func(args []string) bool) error {
 	if pid <= 0 {
-		return fmt.Errorf("kill pid %d: %w", pid, errInvalidPID)
+		return fmt.Errorf("signal pid %d: %w", pid, errInvalidPID)
 	}
-	if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
-		return fmt.Errorf("kill pid %d: %w", pid, err)
+	if match == nil {
+		return fmt.Errorf("signal pid %d: no identity to check: %w", pid, ErrNotVMM)
+	}
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	defer unix.Close(fd)
+	args, aerr := ProcessArgs(pid)
+	if err := unix.PidfdSendSignal(fd, 0, nil, 0); errors.Is(err, unix.ESRCH) {
+		return nil // exited meanwhile: the argv may be a successor's
+	} else if err != nil {
+		return fmt.Errorf("signal pid %d: %w", pid, err)
+	}
+	if !ProcessAlive(pid) {
+		return nil // a zombie: already dead, argv empty
+	}
+	if aerr != nil || len(args) == 0 || !match(args) {
+		return fmt.Errorf("pid %d runs %q: not signalled: %w", pid, truncate(strings.Join(args, " "), 200), ErrNotVMM)
+	}
+	if err := unix.PidfdSendSignal(fd, sig, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("signal pid %d: %w", pid, err)
 	}
 	return nil
 }
 
-// TerminateProcess sends SIGTERM to pid; a missing process is success.
-func TerminateProcess(pid int) error {
+// Registry remembers, for every pid a driver started or found, how to
+// recognise that process again (its argv), so Kill and Shutdown never signal
+// a process that merely reuses the pid. The zero value is ready to use.
+type Registry struct {
+	mu sync.Mutex
+	m  map[int]func(args []string) bool
+}
+
+// Remember records match as the identity of pid.
+func (r *Registry) Remember(pid int, match func(args []string) bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		r.m = map[int]func([]string) bool{}
+	}
+	r.m[pid] = match
+}
+
+// Signal sends sig to pid if it is still the process recorded for it; a pid
+// the driver never started or found is refused (ErrNotVMM).
+func (r *Registry) Signal(pid int, sig unix.Signal) error {
 	if pid <= 0 {
-		return fmt.Errorf("terminate pid %d: %w", pid, errInvalidPID)
+		return fmt.Errorf("signal pid %d: %w", pid, errInvalidPID)
 	}
-	if err := unix.Kill(pid, unix.SIGTERM); err != nil && !errors.Is(err, unix.ESRCH) {
-		return fmt.Errorf("terminate pid %d: %w", pid, err)
+	r.mu.Lock()
+	match := r.m[pid]
+	r.mu.Unlock()
+	if match == nil {
+		if !ProcessAlive(pid) {
+			return nil
+		}
+		return fmt.Errorf("pid %d was not started or found by this driver: not signalled: %w", pid, ErrNotVMM)
 	}
-	return nil
+	return SignalProcess(pid, sig, match)
 }
 
 var errInvalidPID = errors.New("invalid pid")

@@ -1,10 +1,16 @@
 package vmm
 
 import (
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/banger-dev/banger/internal/system"
 )
 
 func TestReadPIDFile(t *testing.T) {
@@ -72,12 +78,55 @@ func TestProcessAlive(t *testing.T) {
 			t.Errorf("pid %d alive", pid)
 		}
 	}
-	if err := KillProcess(1 << 30); err != nil {
+	all := func([]string) bool { return true }
+	if err := KillProcess(1<<30, all); err != nil {
 		t.Errorf("kill missing pid: %v", err)
 	}
 	for _, pid := range []int{0, -1} {
-		if KillProcess(pid) == nil || TerminateProcess(pid) == nil {
+		if KillProcess(pid, all) == nil || TerminateProcess(pid, all) == nil {
 			t.Errorf("pid %d accepted", pid)
 		}
+	}
+}
+
+// TestSignalProcessChecksIdentity: a process whose argv does not match is
+// never signalled; one that matches is; a pid no driver recorded is refused.
+func TestSignalProcessChecksIdentity(t *testing.T) {
+	pid, err := system.Exec{}.Start(context.Background(), system.ProcSpec{Path: "/bin/sleep", Args: []string{"300"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	notSleep := func(args []string) bool { return HasArgPair(args, "-pidfile", "/vms/a/vmm.pid") }
+	if err := KillProcess(pid, notSleep); !errors.Is(err, ErrNotVMM) {
+		t.Fatalf("KillProcess of a foreign process: %v, want ErrNotVMM", err)
+	}
+	if err := KillProcess(pid, nil); !errors.Is(err, ErrNotVMM) {
+		t.Fatalf("KillProcess without identity: %v, want ErrNotVMM", err)
+	}
+	var r Registry
+	if err := r.Signal(pid, syscall.SIGKILL); !errors.Is(err, ErrNotVMM) {
+		t.Fatalf("Registry.Signal of an unknown pid: %v, want ErrNotVMM", err)
+	}
+	r.Remember(pid, notSleep)
+	if err := r.Signal(pid, syscall.SIGKILL); !errors.Is(err, ErrNotVMM) {
+		t.Fatalf("Registry.Signal of a reused pid: %v, want ErrNotVMM", err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if !ProcessAlive(pid) {
+		t.Fatal("a process that did not match was signalled")
+	}
+	r.Remember(pid, func(args []string) bool { return len(args) == 2 && args[0] == "/bin/sleep" && args[1] == "300" })
+	if err := r.Signal(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ProcessAlive(pid); i++ {
+		if i > 200 {
+			t.Fatal("matching process not killed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := r.Signal(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("signal of a gone process: %v", err)
 	}
 }

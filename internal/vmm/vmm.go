@@ -7,6 +7,7 @@ package vmm
 import (
 	"context"
 	"errors"
+	"os"
 )
 
 // ErrNoVMM is returned when the VMM binary cannot be found on the host.
@@ -26,8 +27,10 @@ type Spec struct {
 	// can be recognised later.
 	ID string
 	// Dir is the VM directory: the driver keeps its API socket
-	// (paths.VMAPISocket), pid file (paths.VMPIDFile) and console log
-	// (paths.VMConsoleLog) there.
+	// (paths.VMAPISocket), pid file (paths.VMPIDFile), console log
+	// (paths.VMConsoleLog, capped; QEMU serves the serial on
+	// paths.VMConsoleSock and the driver copies it) and the VMM's own output
+	// (paths.VMMLog) there.
 	Dir       string
 	VCPU      int
 	MemoryMiB int
@@ -40,6 +43,10 @@ type Spec struct {
 	// Tap and MAC describe the optional NIC; both or neither.
 	Tap string
 	MAC string
+	// TapFile, when set, is an open queue of Tap (privileged.OpenTap): the
+	// VMM inherits it instead of opening /dev/net/tun, which it may not.
+	// The caller keeps ownership and closes it after Start.
+	TapFile *os.File
 	// UID and GID run the VMM as this user (0 = unchanged).
 	UID int
 	GID int

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/guest"
 )
 
 // PullParams says how to bring a VM's work back.
@@ -31,8 +32,49 @@ type PullResult struct {
 	Patch   []byte // uncommitted changes, with Patch
 }
 
-// maxPull bounds what a pull may stream back (bundle + patch).
-const maxPull = 4 << 30
+// What a pull may bring back from the guest. The pull tar is written by
+// the guest, so it is hostile: every entry is charged at its logical size,
+// sparse entries are refused, names are an allowlist and never paths.
+const (
+	// PullLimit bounds the whole tar stream (headers included) and the sum
+	// of its entries' logical sizes.
+	PullLimit = 1 << 30
+	// PullBundleLimit bounds the git bundle of the VM's commits.
+	PullBundleLimit = PullLimit
+	// PullPatchLimit bounds --patch output: it is held in memory and sent
+	// back base64-encoded in one RPC result, which must fit
+	// rpc.MaxResponseFrame (64 MiB).
+	PullPatchLimit = 32 << 20
+	// pullTipLimit: a 40- or 64-hex commit id and a newline.
+	pullTipLimit = 128
+	// pullCountLimit: a decimal commit count and a newline.
+	pullCountLimit = 32
+)
+
+// pullLimits are the limits untar enforces (small ones in tests).
+type pullLimits struct {
+	Total                     int64
+	Bundle, Patch, Tip, Count int64
+}
+
+func defaultPullLimits() pullLimits {
+	return pullLimits{Total: PullLimit, Bundle: PullBundleLimit, Patch: PullPatchLimit, Tip: pullTipLimit, Count: pullCountLimit}
+}
+
+// entry is the limit for one allowed name; false for any other name.
+func (l pullLimits) entry(name string) (int64, bool) {
+	switch name {
+	case "bundle":
+		return l.Bundle, true
+	case "patch":
+		return l.Patch, true
+	case "tip":
+		return l.Tip, true
+	case "count":
+		return l.Count, true
+	}
+	return 0, false
+}
 
 // Pull creates a host branch holding the VM's commits and (unless
 // p.Patch) a commit of its uncommitted changes. The host's working tree, index
@@ -68,32 +110,39 @@ func (s *Service) Pull(ctx context.Context, p PullParams) (PullResult, error) {
 		return PullResult{}, err
 	}
 	defer os.RemoveAll(tmp)
-	outf, err := os.Create(filepath.Join(tmp, "out.tar"))
-	if err != nil {
-		return PullResult{}, err
-	}
-	defer outf.Close()
-	out := &limitedWriter{w: outf, left: maxPull}
 	patch := ""
 	if p.Patch {
 		patch = "1"
 	}
-	code, stderr, err := s.exec(ctx, v.Name, pullScript, nil, out, ws.GuestPath, ws.Head, v.Name, patch)
-	if err != nil {
+	// The tar is read as it arrives; a refusal cancels the guest command
+	// (and with it the stream) at once.
+	xctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	pr, pw := io.Pipe()
+	var files map[string][]byte
+	var uerr error
+	udone := make(chan struct{})
+	go func() {
+		defer close(udone)
+		files, uerr = untarStream(pr, tmp, defaultPullLimits())
+		if uerr != nil {
+			cancel(uerr)
+			pr.CloseWithError(uerr)
+		}
+	}()
+	code, stderr, err := s.exec(xctx, v.Name, pullScript, nil, pw, ws.GuestPath, ws.Head, v.Name, patch)
+	pw.Close()
+	<-udone
+	switch {
+	case errors.Is(uerr, api.ErrInvalid):
+		// Refused: that refusal is also why the command failed, if it did.
+		return PullResult{}, fmt.Errorf("vm %q: pull: %w", v.Name, uerr)
+	case err != nil:
 		return PullResult{}, fmt.Errorf("vm %q: pull: %w", v.Name, err)
-	}
-	if out.over {
-		return PullResult{}, fmt.Errorf("vm %q: pull: more than %d bytes came back: %w", v.Name, int64(maxPull), api.ErrInvalid)
-	}
-	if code != 0 {
+	case code != 0:
 		return PullResult{}, fmt.Errorf("vm %q: pull from %s exited %d: %s", v.Name, ws.GuestPath, code, stderr)
-	}
-	if _, err := outf.Seek(0, io.SeekStart); err != nil {
-		return PullResult{}, err
-	}
-	files, err := untar(outf, tmp)
-	if err != nil {
-		return PullResult{}, fmt.Errorf("vm %q: pull: %w", v.Name, err)
+	case uerr != nil:
+		return PullResult{}, fmt.Errorf("vm %q: pull: reading the tar from the guest: %v: %w", v.Name, uerr, api.ErrInvalid)
 	}
 	res := PullResult{Branch: branch, Commit: strings.TrimSpace(string(files["tip"])), Patch: files["patch"]}
 	res.Commits, _ = strconv.Atoi(strings.TrimSpace(string(files["count"])))
@@ -126,26 +175,31 @@ func (s *Service) Pull(ctx context.Context, p PullParams) (PullResult, error) {
 
 var commitRE = regexp.MustCompile(`^[0-9a-f]{40}([0-9a-f]{24})?$`)
 
-type limitedWriter struct {
-	w    io.Writer
-	left int64
-	over bool
-}
-
-func (l *limitedWriter) Write(p []byte) (int, error) {
-	if int64(len(p)) > l.left {
-		l.over = true
-		return 0, errors.New("too much output")
+// untarStream reads the whole pull stream: the tar, then whatever the guest
+// writes after it (record padding), all within l.Total.
+func untarStream(r io.Reader, dir string, l pullLimits) (map[string][]byte, error) {
+	lr := guest.NewLimitReader(r, l.Total, "pull stream")
+	files, err := untar(lr, dir, l)
+	if err == nil {
+		_, err = io.Copy(io.Discard, lr)
 	}
-	l.left -= int64(len(p))
-	return l.w.Write(p)
+	if err != nil {
+		_ = os.Remove(filepath.Join(dir, "bundle"))
+		return nil, err
+	}
+	return files, nil
 }
 
 // untar reads the flat tar the pull script writes: the bundle goes to
 // dir/bundle, the small files are returned (the bundle's entry is empty).
-func untar(r io.Reader, dir string) (map[string][]byte, error) {
+// Only regular, non-sparse entries named tip, count, bundle or patch are
+// accepted, each once and within its limit; the sum of their logical sizes
+// is within l.Total. On error dir/bundle may be left half-written (the
+// caller removes it).
+func untar(r io.Reader, dir string, l pullLimits) (map[string][]byte, error) {
 	out := map[string][]byte{}
 	tr := tar.NewReader(r)
+	var total int64
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
@@ -154,14 +208,34 @@ func untar(r io.Reader, dir string) (map[string][]byte, error) {
 		if err != nil {
 			return nil, err
 		}
+		name := fmt.Sprintf("%.64q", h.Name)
+		limit, ok := l.entry(h.Name)
+		_, dup := out[h.Name]
 		switch {
+		case isSparse(h):
+			// archive/tar would expand it: a few KiB of tar, any size on disk.
+			return nil, fmt.Errorf("tar entry %s from the guest is a sparse file: refused: %w", name, api.ErrInvalid)
 		case h.Typeflag != tar.TypeReg:
-		case h.Name == "bundle":
-			f, err := os.Create(filepath.Join(dir, "bundle"))
+			return nil, fmt.Errorf("tar entry %s from the guest is not a regular file (type %q): refused: %w", name, h.Typeflag, api.ErrInvalid)
+		case !ok:
+			return nil, fmt.Errorf("unexpected tar entry %s from the guest: refused: %w", name, api.ErrInvalid)
+		case dup:
+			return nil, fmt.Errorf("tar entry %s from the guest appears twice: refused: %w", name, api.ErrInvalid)
+		}
+		what := "tar entry " + name
+		if h.Size > limit {
+			return nil, &guest.LimitError{What: what, Limit: limit}
+		}
+		if total += h.Size; total > l.Total {
+			return nil, &guest.LimitError{What: "pull stream", Limit: l.Total}
+		}
+		// Charged again while copying: the header's size is not trusted.
+		if h.Name == "bundle" {
+			f, err := os.OpenFile(filepath.Join(dir, "bundle"), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 			if err != nil {
 				return nil, err
 			}
-			_, err = io.Copy(f, tr)
+			_, err = io.Copy(guest.NewLimitWriter(f, limit, what), tr)
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
@@ -169,12 +243,26 @@ func untar(r io.Reader, dir string) (map[string][]byte, error) {
 				return nil, err
 			}
 			out["bundle"] = nil
-		case h.Name == "tip" || h.Name == "count" || h.Name == "patch":
-			b, err := io.ReadAll(io.LimitReader(tr, maxPull))
-			if err != nil {
-				return nil, err
-			}
-			out[h.Name] = b
+			continue
+		}
+		b, err := io.ReadAll(guest.NewLimitReader(tr, limit, what))
+		if err != nil {
+			return nil, err
+		}
+		out[h.Name] = b
+	}
+}
+
+// isSparse reports a GNU sparse entry, old style ('S') or PAX 0.0/0.1/1.0
+// (GNU.sparse.* records); archive/tar expands both to their logical size.
+func isSparse(h *tar.Header) bool {
+	if h.Typeflag == tar.TypeGNUSparse {
+		return true
+	}
+	for k := range h.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
 		}
 	}
+	return false
 }

@@ -119,12 +119,13 @@ func (s *Service) guestDir(p string) (string, error) {
 	return c, nil
 }
 
-// exec runs a guest script with positional args, capturing stderr for errors.
+// exec runs a guest script with positional args. It returns the tail of
+// stderr (guest.TailSize at most, escaped) for error messages.
 func (s *Service) exec(ctx context.Context, vm, script string, stdin io.Reader, stdout io.Writer, args ...string) (int, string, error) {
-	var stderr bytes.Buffer
+	var stderr guest.Tail
 	argv := append([]string{"sh", "-c", script, "sh"}, args...)
 	code, err := s.d.VMs.Exec(ctx, vm, guest.ExecRequest{Argv: argv, Stdin: stdin, Stdout: stdout, Stderr: &stderr})
-	return code, strings.TrimSpace(stderr.String()), err
+	return code, stderr.String(), err
 }
 
 // PrepareParams says what to prepare where.
@@ -465,7 +466,7 @@ func (s *Service) Status(ctx context.Context, name string) (Status, error) {
 	}
 	if st.Running {
 		var out bytes.Buffer
-		code, stderr, err := s.exec(ctx, v.Name, statusScript, nil, &out, ws.GuestPath)
+		code, stderr, err := s.exec(ctx, v.Name, statusScript, nil, guest.NewLimitWriter(&out, statusLimit, "workspace status output"), ws.GuestPath)
 		lines := strings.Split(out.String(), "\n")
 		switch {
 		case err != nil:
@@ -474,13 +475,20 @@ func (s *Service) Status(ctx context.Context, name string) (Status, error) {
 			st.GuestError = fmt.Sprintf("exit %d: %s", code, stderr)
 		case lines[0] == "missing":
 			st.GuestError = ws.GuestPath + " is missing in the guest"
-		case len(lines) >= 3:
-			st.GuestHead, st.GuestBranch = lines[0], lines[1]
+		case len(lines) >= 3 && (lines[0] == "" || commitRE.MatchString(lines[0])):
+			st.GuestHead, st.GuestBranch = lines[0], guest.Printable(lines[1])
 			fmt.Sscan(strings.TrimSpace(lines[2]), &st.GuestDirty)
+		default:
+			st.GuestError = fmt.Sprintf("unexpected status output from the guest: %.80q", out.String())
 		}
 	}
 	return st, nil
 }
+
+// statusLimit bounds what the status script prints: a commit id, a branch
+// name (git refuses names much over 255 bytes on common filesystems) and a
+// number.
+const statusLimit = 4 << 10
 
 func exists(p string) bool {
 	_, err := os.Lstat(p)

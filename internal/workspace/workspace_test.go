@@ -12,6 +12,7 @@ import (
 	"github.com/banger-dev/banger/internal/guest"
 	"github.com/banger-dev/banger/internal/store"
 	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/testenv"
 )
 
 // localGuest is a VM whose "guest" is a directory on this host: Exec runs
@@ -21,6 +22,9 @@ type localGuest struct {
 	vm      store.VM
 	running bool
 	execs   int
+	// hostile, when set, plays a misbehaving guest instead of running the
+	// script: it writes what it wants to the request's stdio.
+	hostile func(req guest.ExecRequest) (int, error)
 }
 
 func (g *localGuest) Get(ctx context.Context, name string) (store.VM, error) {
@@ -37,6 +41,9 @@ func (g *localGuest) Exec(ctx context.Context, name string, req guest.ExecReques
 		return 0, api.ErrNotRunning
 	}
 	g.execs++
+	if g.hostile != nil {
+		return g.hostile(req)
+	}
 	env := []string{"GIT_CONFIG_GLOBAL=/dev/null", "GIT_AUTHOR_DATE=", "HOME=" + os.TempDir()}
 	return system.Exec{}.Stream(ctx, system.StreamSpec{Name: req.Argv[0], Args: req.Argv[1:], Env: env,
 		Stdin: req.Stdin, Stdout: req.Stdout, Stderr: req.Stderr})
@@ -66,7 +73,7 @@ const gitID = "git -c user.name=T -c user.email=t@t -c commit.gpgsign=false"
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	if _, err := system.LookPath("git"); err != nil {
-		t.Skip("git not installed")
+		testenv.Missing(t, "git not installed")
 	}
 	ctx := context.Background()
 	dir := t.TempDir()

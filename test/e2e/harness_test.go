@@ -40,6 +40,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "e2e: needs root (network namespaces, TAPs, QEMU); run as root")
 		os.Exit(1)
 	}
+	// The suite drives banger as root, the all-in-one mode, in every child it
+	// starts (split_test.go runs the split mode with its own environment).
+	os.Setenv("BANGER_ALLOW_ROOT", "1")
 	e, err := setup()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e setup:", err)
@@ -196,11 +199,12 @@ func must(t *testing.T, args ...string) string {
 }
 
 type vmView struct {
-	ID, Name, State, LastError string
-	GuestIP                    string `json:"guest_ip"`
-	Tap                        string
-	PID                        int
-	Dir                        string
+	ID, Name, State string
+	LastError       string `json:"last_error"`
+	GuestIP         string `json:"guest_ip"`
+	Tap             string
+	PID             int
+	Dir             string
 }
 
 func showVM(t *testing.T, name string) vmView {

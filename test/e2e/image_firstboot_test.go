@@ -140,7 +140,8 @@ func TestImagePullFirstBoot(t *testing.T) {
 
 	deleteOnCleanup(t, "fbbox")
 	t0 = time.Now()
-	r := E.bangerRes("vm", "create", "--image", "nosystemd", "--name", "fbbox", "--boot-timeout", "600")
+	// The mirror is a host service: only a guest with --host-access reaches it.
+	r := E.bangerRes("vm", "create", "--image", "nosystemd", "--name", "fbbox", "--boot-timeout", "600", "--host-access")
 	if r.code != 0 {
 		logs, _ := E.banger("vm", "logs", "fbbox")
 		t.Fatalf("create: exit %d\n%s\n%s\nconsole:\n%s\nrepo hits:\n%s", r.code, r.stdout, r.stderr, tailStr(logs, 4000), hits.String())

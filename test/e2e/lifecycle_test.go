@@ -162,6 +162,16 @@ func TestDaemonKillAdopt(t *testing.T) {
 	if after.PID != before.PID || after.State != "running" {
 		t.Fatalf("vm not adopted: before %+v after %+v", before, after)
 	}
+	// The new daemon copies the serial console again (QEMU serves it on a
+	// socket; the killed daemon's connection died with it).
+	must(t, "vm", "ssh", "adopt", "--", "echo console-after-adopt > /dev/ttyS0")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if logs := must(t, "vm", "logs", "adopt"); strings.Contains(logs, "console-after-adopt") {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("console output after adoption missing from vm logs:\n%s", tailStr(logs, 500))
+		}
+	}
 	must(t, "vm", "delete", "--force", "adopt")
 	assertGone(t, after)
 }

@@ -77,26 +77,51 @@ func netState(t *testing.T) string {
 	}
 	// IPv4 routes (IPv6 link-local ones come and go with DAD on the test's
 	// veth); carrier ("linkdown") follows whether the bridge has ports.
-	routes, _ := run("ip", "-4", "-n", E.ns, "route", "show", "table", "all")
+	routes, err := run("ip", "-4", "-n", E.ns, "route", "show", "table", "all")
+	if err != nil {
+		t.Fatal(err)
+	}
 	routes = strings.ReplaceAll(routes, " linkdown", "")
 	return "ruleset:\n" + rules + "\nlinks: " + strings.Join(names, " ") + "\nroutes:\n" + routes
 }
 
+// withoutBridge drops the bridge's link and the kernel routes of its own
+// address: the bridge appears at the first VM start anywhere in the run and
+// stays by design, so whether it exists depends on the tests that ran
+// before. Any other route on it (a leaked one) still shows.
+func withoutBridge(state string) string {
+	var out []string
+	for _, l := range strings.Split(state, "\n") {
+		if strings.HasPrefix(l, "links: ") {
+			l = strings.Replace(l, " banger0", "", 1)
+		}
+		if strings.Contains(l, " dev banger0 ") && strings.Contains(l, " proto kernel ") && (strings.HasPrefix(l, "172.30.7.0/24 ") ||
+			strings.HasPrefix(l, "local "+e2eGateway+" ") || strings.HasPrefix(l, "broadcast 172.30.7.255 ")) {
+			continue
+		}
+		out = append(out, l)
+	}
+	return strings.Join(out, "\n")
+}
+
 func assertNetState(t *testing.T, want, when string) {
 	t.Helper()
-	if got := netState(t); got != want {
+	if got := netState(t); withoutBridge(got) != withoutBridge(want) {
 		t.Errorf("%s: host network differs from before the test\ngot:\n%s\nwant:\n%s", when, got, want)
 	}
 	assertPoolIdle(t)
 }
 
-// remoteTopology makes a namespace that is reachable from the daemon's
-// namespace only over a veth, with no route back to the guest subnet: a
-// guest reaches it only through banger's NAT. It serves one line per TCP
-// connection naming the peer address it saw.
-func remoteTopology(t *testing.T) {
+// remoteTopology makes a namespace reachable from the daemon's namespace
+// over a veth. It has a route back to the guest subnet, so only banger's
+// forward rules keep a non-NAT guest's packets from reaching it (and getting
+// answers); an nft counter there counts every packet from the guest subnet
+// (remoteSawGuests). It serves one line per TCP connection naming the peer
+// address it saw.
+func remoteTopology(t *testing.T) string {
 	t.Helper()
 	remote := fmt.Sprintf("banger-remote-%d", os.Getpid())
+	const guestNet = "172.30.7.0/24" // BANGER_SUBNET of the harness
 	for _, c := range [][]string{
 		{"ip", "netns", "add", remote},
 		{"ip", "-n", remote, "link", "set", "lo", "up"},
@@ -105,6 +130,10 @@ func remoteTopology(t *testing.T) {
 		{"ip", "-n", E.ns, "link", "set", "bgnat0", "up"},
 		{"ip", "-n", remote, "addr", "add", remoteIP + "/24", "dev", "bgnat1"},
 		{"ip", "-n", remote, "link", "set", "bgnat1", "up"},
+		{"ip", "-n", remote, "route", "add", guestNet, "via", uplinkIP},
+		{"ip", "netns", "exec", remote, "nft", "add table ip watch"},
+		{"ip", "netns", "exec", remote, "nft", "add chain ip watch pre { type filter hook prerouting priority -300; }"},
+		{"ip", "netns", "exec", remote, "nft", "add rule ip watch pre ip saddr " + guestNet + " counter"},
 	} {
 		if _, err := run(c[0], c[1:]...); err != nil {
 			t.Fatal(err)
@@ -133,21 +162,44 @@ func remoteTopology(t *testing.T) {
 			c.Close()
 		}
 	}()
+	return remote
+}
+
+// remoteSawGuests returns how many packets with a guest-subnet source
+// address reached the remote namespace.
+func remoteSawGuests(t *testing.T, remote string) int {
+	t.Helper()
+	out, err := run("ip", "netns", "exec", remote, "nft", "list", "chain", "ip", "watch", "pre")
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := strings.Index(out, "counter packets ")
+	if i < 0 {
+		t.Fatalf("no counter in the remote's watch chain:\n%s", out)
+	}
+	n, err := strconv.Atoi(strings.Fields(out[i+len("counter packets "):])[0])
+	if err != nil {
+		t.Fatalf("counter: %v\n%s", err, out)
+	}
+	return n
 }
 
 const reachRemote = "exec 3<>/dev/tcp/" + remoteIP + "/8080 && head -n1 <&3"
 
 func TestNetworking(t *testing.T) {
-	remoteTopology(t)
+	remote := remoteTopology(t)
 	before := netState(t)
 	deleteOnCleanup(t, "neta")
 	deleteOnCleanup(t, "netb")
 
-	// Two guests at once: neta with NAT, netb without.
+	// Two guests at once: neta with NAT, netb without. Both have
+	// --host-access so anti_spoof's listener on the gateway hears them at all
+	// (a guest without it reaches only the gateway's DNS; hostile_test checks
+	// that): the spoofed datagrams are then stopped by the TAP guard alone.
 	var wg sync.WaitGroup
 	res := map[string]result{}
 	var mu sync.Mutex
-	for _, args := range [][]string{{"neta", "--nat"}, {"netb"}} {
+	for _, args := range [][]string{{"neta", "--nat", "--host-access"}, {"netb", "--host-access"}} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -173,9 +225,15 @@ func TestNetworking(t *testing.T) {
 		if strings.TrimSpace(out) != "hello-from-remote "+uplinkIP {
 			t.Fatalf("nat guest: %q (want the remote to see the host's uplink address)", out)
 		}
-		r := E.bangerRes("vm", "ssh", "netb", "--", "timeout 4 bash -c '"+reachRemote+"'")
-		if r.code == 0 || strings.Contains(r.stdout, "hello") {
+		r := E.bangerRes("vm", "ssh", "netb", "--", "timeout 4 bash -c '"+reachRemote+"'; "+
+			"for i in 1 2 3; do echo x > /dev/udp/"+remoteIP+"/9; done")
+		if strings.Contains(r.stdout, "hello") {
 			t.Fatalf("non-nat guest reached the remote: code %d %q", r.code, r.stdout)
+		}
+		// The remote routes back to the guest subnet, so nothing but banger's
+		// forward rules stopped those packets; neta's arrived masqueraded.
+		if n := remoteSawGuests(t, remote); n != 0 {
+			t.Fatalf("the remote saw %d packets from the guest subnet (non-nat guest forwarded, or nat not masqueraded)", n)
 		}
 	})
 
@@ -319,6 +377,74 @@ func TestNetworking(t *testing.T) {
 		must(t, "vm", "exec", "neta", "--", "true")
 	})
 
+	t.Run("mac_spoof", func(t *testing.T) {
+		// netb takes another MAC: its ARP from it must not reach the host's
+		// neighbour table, nor its IPv4 frames the host; then its own again.
+		got := gatewayDatagrams(t, 5556)
+		const fake = "02:66:66:66:66:66"
+		// The MAC change flushes the guest's ARP cache: the datagram to 5557
+		// makes it ARP for the gateway from the new MAC. A static entry then
+		// makes the IPv4 frames go out regardless, so their rule is tested too.
+		spoof := fmt.Sprintf("m=$(cat /sys/class/net/eth0/address); echo warm > /dev/udp/%[1]s/5557; "+
+			"g=$(ip neigh show %[1]s dev eth0 | cut -d' ' -f3); "+
+			"ip link set eth0 address %[2]s || exit 3; echo arp > /dev/udp/%[1]s/5557; sleep 2; "+
+			"ip neigh replace %[1]s lladdr $g dev eth0 nud permanent; "+
+			"echo sent-from $(cat /sys/class/net/eth0/address) to $g; "+
+			"(echo macspoof > /dev/udp/%[1]s/5556; sleep 0.5; echo macspoof > /dev/udp/%[1]s/5556); "+
+			"ip link set eth0 address $m; ip neigh del %[1]s dev eth0; echo own > /dev/udp/%[1]s/5556", e2eGateway, fake)
+		done := make(chan result, 1)
+		go func() { done <- E.bangerRes("vm", "ssh", "netb", "--", spoof) }()
+		time.Sleep(1500 * time.Millisecond) // while the guest wears the fake MAC
+		neigh, err := run("ip", "-n", E.ns, "neigh", "show", "to", b.GuestIP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := <-done
+		if r.code != 0 || !strings.Contains(r.stdout, "sent-from "+fake+" to ") || strings.Contains(r.stdout, "to \n") {
+			t.Fatalf("the guest could not take another MAC: exit %d %q %s", r.code, r.stdout, r.stderr)
+		}
+		if strings.Contains(neigh, fake) {
+			t.Errorf("the host learnt netb's address at the forged MAC: %s", neigh)
+		}
+		if seen := got("own"); strings.Join(seen, ",") != b.GuestIP+" own" {
+			t.Fatalf("datagrams received: %q, want only %q", seen, b.GuestIP+" own")
+		}
+	})
+
+	t.Run("arp_spoof", func(t *testing.T) {
+		// netb answers ARP for an address no guest owns; the host asks for it.
+		const victim = "172.30.7.250"
+		done := make(chan result, 1)
+		go func() {
+			done <- E.bangerRes("vm", "ssh", "netb", "--",
+				"ip addr add "+victim+"/32 dev eth0 && sleep 5; ip addr del "+victim+"/32 dev eth0")
+		}()
+		time.Sleep(2 * time.Second)
+		if _, err := run("ip", "-n", E.ns, "neigh", "flush", "to", victim); err != nil {
+			t.Fatal(err)
+		}
+		inNS(t, E.ns, func() {
+			c, err := net.Dial("udp4", victim+":9") // makes the host ARP for victim
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = c.Write([]byte("x"))
+			c.Close()
+		})
+		time.Sleep(1500 * time.Millisecond)
+		neigh, err := run("ip", "-n", E.ns, "neigh", "show", "to", victim)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := <-done; r.code != 0 {
+			t.Fatalf("netb: exit %d %s", r.code, r.stderr)
+		}
+		if strings.Contains(neigh, "lladdr") {
+			t.Fatalf("the host learnt a MAC for %s, which only netb's forged ARP claimed: %s", victim, neigh)
+		}
+		must(t, "vm", "exec", "netb", "--", "true") // its own ARP still works
+	})
+
 	t.Run("set_nat_and_daemon_crash", func(t *testing.T) {
 		if r := E.bangerRes("vm", "set", "netb", "--nat=true"); r.code == 0 || !strings.Contains(r.stderr, "busy") {
 			t.Fatalf("set on a running vm: code %d %s", r.code, r.stderr)
@@ -377,6 +503,9 @@ func TestNetworking(t *testing.T) {
 		if strings.TrimSpace(out) != "hello-from-remote "+uplinkIP {
 			t.Fatalf("netb after --nat=true: %q", out)
 		}
+		if n := remoteSawGuests(t, remote); n != 0 {
+			t.Fatalf("the remote saw %d packets from the guest subnet", n)
+		}
 	})
 
 	for _, n := range []string{"neta", "netb"} {
@@ -385,6 +514,51 @@ func TestNetworking(t *testing.T) {
 	assertGone(t, a)
 	assertGone(t, b)
 	assertNetState(t, before, "after deleting every VM")
+}
+
+// gatewayDatagrams listens on the gateway's UDP port in the test namespace
+// and returns a function that collects "<source ip> <text>" lines until one
+// ends with end (plus stragglers), or 3 s pass.
+func gatewayDatagrams(t *testing.T, port int) func(end string) []string {
+	t.Helper()
+	var pc net.PacketConn
+	inNS(t, E.ns, func() {
+		var err error
+		if pc, err = net.ListenPacket("udp4", fmt.Sprintf("%s:%d", e2eGateway, port)); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Cleanup(func() { pc.Close() })
+	got := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			got <- from.(*net.UDPAddr).IP.String() + " " + strings.TrimSpace(string(buf[:n]))
+		}
+	}()
+	return func(end string) []string {
+		var seen []string
+		deadline := time.After(3 * time.Second)
+		for {
+			select {
+			case s := <-got:
+				seen = append(seen, s)
+				if strings.HasSuffix(s, " "+end) {
+					time.Sleep(500 * time.Millisecond) // let any straggler arrive
+					for len(got) > 0 {
+						seen = append(seen, <-got)
+					}
+					return seen
+				}
+			case <-deadline:
+				return seen
+			}
+		}
+	}
 }
 
 // waitSSH waits until an adopted VM (whose boot the killed daemon was

@@ -71,6 +71,7 @@ type Driver struct {
 	VsockCID uint32
 
 	lookPath func(string) (string, error) // seam for tests; nil = system.LookPath
+	procs    vmm.Registry                 // pids started or found, with their identity
 }
 
 var _ vmm.Driver = (*Driver)(nil)
@@ -152,9 +153,10 @@ func (d *Driver) Start(ctx context.Context, s vmm.Spec) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("vm %s: start firecracker: %w", s.ID, err)
 	}
+	d.procs.Remember(pid, isFirecrackerOf(f.sock))
 	if err := d.bringUp(ctx, pid, s, f); err != nil {
 		// A half-configured VMM must not outlive the failed launch.
-		_ = vmm.KillProcess(pid)
+		_ = d.procs.Signal(pid, unix.SIGKILL)
 		_ = os.Remove(f.pid)
 		return 0, fmt.Errorf("vm %s: %w", s.ID, err)
 	}
@@ -331,9 +333,16 @@ func (d *Driver) Find(s vmm.Spec) (int, bool) {
 		return 0, false
 	}
 	f := vmFiles(s.Dir)
-	return vmm.FindProcess(f.pid, func(args []string) bool {
-		return vmm.HasArgPair(args, "--api-sock", f.sock)
-	})
+	pid, ok := vmm.FindProcess(f.pid, isFirecrackerOf(f.sock))
+	if ok {
+		d.procs.Remember(pid, isFirecrackerOf(f.sock))
+	}
+	return pid, ok
+}
+
+// isFirecrackerOf recognises the Firecracker of one VM by its "--api-sock".
+func isFirecrackerOf(sock string) func([]string) bool {
+	return func(args []string) bool { return vmm.HasArgPair(args, "--api-sock", sock) }
 }
 
 // Shutdown sends SIGTERM: Firecracker exits at once; its block devices write
@@ -343,10 +352,12 @@ func (d *Driver) Shutdown(ctx context.Context, pid int) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return vmm.TerminateProcess(pid)
+	return d.procs.Signal(pid, unix.SIGTERM)
 }
 
-func (d *Driver) Kill(pid int) error { return vmm.KillProcess(pid) }
+// Kill sends SIGKILL, only to a pid this driver started or found and only
+// while it is still that Firecracker (see vmm.Registry).
+func (d *Driver) Kill(pid int) error { return d.procs.Signal(pid, unix.SIGKILL) }
 
 func (d *Driver) Alive(pid int) bool { return vmm.ProcessAlive(pid) }
 

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -21,14 +22,22 @@ const (
 	maxSocketPath = vmm.MaxSocketPath
 )
 
+// sandbox is QEMU's seccomp filter for every VMM (the guest is hostile).
+const sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+// tapFD is the fd the inherited TAP (Spec.TapFile) has in QEMU.
+const tapFD = 3
+
 // files are the per-VM paths the driver owns inside Spec.Dir.
-type files struct{ qmp, pid, console string }
+type files struct{ qmp, pid, console, consoleSock, vmmLog string }
 
 func vmFiles(dir string) files {
 	return files{
-		qmp:     filepath.Join(dir, paths.VMAPISocket),
-		pid:     filepath.Join(dir, paths.VMPIDFile),
-		console: filepath.Join(dir, paths.VMConsoleLog),
+		qmp:         filepath.Join(dir, paths.VMAPISocket),
+		pid:         filepath.Join(dir, paths.VMPIDFile),
+		console:     filepath.Join(dir, paths.VMConsoleLog),
+		consoleSock: filepath.Join(dir, paths.VMConsoleSock),
+		vmmLog:      filepath.Join(dir, paths.VMMLog),
 	}
 }
 
@@ -43,7 +52,8 @@ func validate(s vmm.Spec) error {
 	if err := vmm.Validate("qemu", s, s.Cmdline, limits); err != nil {
 		return err
 	}
-	if n := len(vmFiles(s.Dir).qmp); n > maxSocketPath {
+	f := vmFiles(s.Dir)
+	if n := max(len(f.qmp), len(f.consoleSock)); n > maxSocketPath {
 		return invalid("vm dir %q too long for a unix socket path (%d > %d)", s.Dir, n, maxSocketPath)
 	}
 	return nil
@@ -82,10 +92,15 @@ func buildArgs(s vmm.Spec, accel Accel, tscKHz int) ([]string, error) {
 		"-m", strconv.Itoa(s.MemoryMiB),
 		"-smp", strconv.Itoa(s.VCPU),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		// seccomp: no obsolete syscalls, no setuid/setgid, no fork/exec,
+		// no scheduler/affinity changes; it also sets no_new_privs.
+		"-sandbox", sandbox,
 		"-monitor", "none",
-		// Append, not truncate: the driver truncates once per boot and QEMU's
-		// own stderr goes to the same file.
-		"-chardev", "file,id=console,path="+optEsc(f.console)+",append=on",
+		// Paused until the driver has attached the console (see console.go).
+		"-S",
+		// The serial console goes to a socket the daemon copies into a
+		// capped file: QEMU itself never writes guest bytes to disk.
+		"-chardev", "socket,id=console,path="+optEsc(f.consoleSock)+",server=on,wait=off",
 		"-serial", "chardev:console",
 		"-chardev", "socket,id=qmp,path="+optEsc(f.qmp)+",server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
@@ -116,10 +131,23 @@ func buildArgs(s vmm.Spec, accel Accel, tscKHz int) ([]string, error) {
 		a = append(a, "-drive", drive, "-device", fmt.Sprintf("virtio-blk-device,drive=d%d", i))
 	}
 	if s.Tap != "" {
+		netdev := "tap,id=n0,ifname=" + s.Tap + ",script=no,downscript=no"
+		if s.TapFile != nil {
+			// The first of ProcSpec.ExtraFiles is fd 3 in the VMM.
+			netdev = "tap,id=n0,fd=" + strconv.Itoa(tapFD)
+		}
 		a = append(a,
-			"-netdev", "tap,id=n0,ifname="+s.Tap+",script=no,downscript=no",
+			"-netdev", netdev,
 			"-device", "virtio-net-device,netdev=n0,mac="+strings.ToLower(s.MAC),
 		)
 	}
 	return a, nil
+}
+
+// extraFiles are the fds QEMU inherits: the TAP at tapFD when given.
+func extraFiles(s vmm.Spec) []*os.File {
+	if s.TapFile == nil {
+		return nil
+	}
+	return []*os.File{s.TapFile}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/logfile"
 	"github.com/banger-dev/banger/internal/system"
 	"github.com/banger-dev/banger/internal/vmm"
 	"golang.org/x/sys/unix"
@@ -47,6 +48,9 @@ type Driver struct {
 
 	mu          sync.Mutex
 	accelReason string
+	consMu      sync.Mutex
+	consoles    map[string]*pump // console copies by socket path (console.go)
+	procs       vmm.Registry     // pids started or found, with their identity
 	// Seams for tests; nil means the real thing.
 	lookPath   func(string) (string, error)
 	cpuinfo    string
@@ -132,24 +136,27 @@ func (d *Driver) Start(ctx context.Context, s vmm.Spec) (int, error) {
 		return 0, err
 	}
 	f := vmFiles(s.Dir)
-	if err := prepareFiles(f, s.UID, s.GID); err != nil {
+	d.detachConsole(f, 2*time.Second) // a previous run's copy, if it is still draining
+	if err := prepareFiles(f); err != nil {
 		return 0, fmt.Errorf("vm %s: %w", s.ID, err)
 	}
 	started := time.Now()
 	pid, err := d.Runner.Start(ctx, system.ProcSpec{
-		Path:   bin,
-		Args:   args,
-		Dir:    s.Dir,
-		Stdout: f.console,
-		UID:    s.UID,
-		GID:    s.GID,
+		Path:       bin,
+		Args:       args,
+		Dir:        s.Dir,
+		Stdout:     f.vmmLog,
+		UID:        s.UID,
+		GID:        s.GID,
+		ExtraFiles: extraFiles(s),
 	})
 	if err != nil {
 		return 0, fmt.Errorf("vm %s: start qemu: %w", s.ID, err)
 	}
+	d.procs.Remember(pid, isQEMUOf(f.pid))
 	if err := d.waitRunning(ctx, pid, f); err != nil {
 		// A half-started VMM must not outlive the failed launch.
-		_ = vmm.KillProcess(pid)
+		_ = d.procs.Signal(pid, unix.SIGKILL)
 		return 0, fmt.Errorf("vm %s: %w", s.ID, err)
 	}
 	d.log().Info("qemu started", "vm", s.ID, "pid", pid, "accel", string(accel),
@@ -157,25 +164,26 @@ func (d *Driver) Start(ctx context.Context, s vmm.Spec) (int, error) {
 	return pid, nil
 }
 
-// prepareFiles clears what a previous run left and creates an empty console
-// log the VMM user may append to.
-func prepareFiles(f files, uid, gid int) error {
-	for _, p := range []string{f.qmp, f.pid} {
+// prepareFiles clears what a previous run left and creates the empty logs
+// of this boot. Both are written by the daemon's side (the console copy; the
+// runner opens vmm.log before QEMU drops privileges), never by the VMM user.
+func prepareFiles(f files) error {
+	for _, p := range []string{f.qmp, f.pid, f.consoleSock} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("remove stale %s: %w", p, err)
 		}
 	}
-	// O_NOFOLLOW: the VM dir may be writable by the VMM user, who must not be
-	// able to point the log at another file.
-	fd, err := os.OpenFile(f.console, os.O_CREATE|os.O_WRONLY|os.O_TRUNC|unix.O_NOFOLLOW, 0o600)
-	if err != nil {
+	if err := logfile.Remove(f.console); err != nil {
 		return fmt.Errorf("console log: %w", err)
 	}
-	defer fd.Close()
-	if uid != 0 && os.Geteuid() == 0 {
-		if err := fd.Chown(uid, gid); err != nil {
-			return fmt.Errorf("console log: %w", err)
+	for _, p := range []string{f.console, f.vmmLog} {
+		// O_NOFOLLOW: the VM dir may be writable by the VMM user, who must
+		// not be able to point a log at another file.
+		fd, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC|unix.O_NOFOLLOW, 0o600)
+		if err != nil {
+			return fmt.Errorf("log: %w", err)
 		}
+		fd.Close()
 	}
 	return nil
 }
@@ -184,6 +192,7 @@ func (d *Driver) waitRunning(ctx context.Context, pid int, f files) error {
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	var lastErr error
+	resumed := false
 	for {
 		if !vmm.ProcessAlive(pid) {
 			return d.died(f)
@@ -191,11 +200,18 @@ func (d *Driver) waitRunning(ctx context.Context, pid int, f files) error {
 		status, err := qmpStatus(ctx, f.qmp)
 		switch {
 		case err == nil && status == "running":
-			return nil
+			// Normally after our "cont"; attach anyway if it runs already.
+			return d.attachConsole(f)
+		case err == nil && status == "prelaunch" && !resumed:
+			// Started with -S: the console is attached before the guest runs.
+			if err := d.resume(ctx, f); err != nil {
+				return err
+			}
+			resumed = true
 		case err == nil:
 			lastErr = fmt.Errorf("qemu status %q", status)
 			if status == "shutdown" || status == "internal-error" || status == "guest-panicked" {
-				return fmt.Errorf("%w; console: %s", lastErr, tailOrNone(f.console))
+				return fmt.Errorf("%w; console: %s", lastErr, consoleTailOrNone(f.console))
 			}
 		default:
 			lastErr = err
@@ -212,7 +228,7 @@ func (d *Driver) waitRunning(ctx context.Context, pid int, f files) error {
 }
 
 func (d *Driver) died(f files) error {
-	return fmt.Errorf("qemu exited during start; console: %s", tailOrNone(f.console))
+	return fmt.Errorf("qemu exited during start: %s; console: %s", tailOrNone(f.vmmLog), consoleTailOrNone(f.console))
 }
 
 func tailOrNone(path string) string {
@@ -229,9 +245,16 @@ func (d *Driver) Find(s vmm.Spec) (int, bool) {
 		return 0, false
 	}
 	pidFile := vmFiles(s.Dir).pid
-	return vmm.FindProcess(pidFile, func(args []string) bool {
-		return vmm.HasArgPair(args, "-pidfile", pidFile)
-	})
+	pid, ok := vmm.FindProcess(pidFile, isQEMUOf(pidFile))
+	if ok {
+		d.procs.Remember(pid, isQEMUOf(pidFile))
+	}
+	return pid, ok
+}
+
+// isQEMUOf recognises the QEMU of one VM by its "-pidfile <Dir>/vmm.pid".
+func isQEMUOf(pidFile string) func([]string) bool {
+	return func(args []string) bool { return vmm.HasArgPair(args, "-pidfile", pidFile) }
 }
 
 // Shutdown sends SIGTERM: QEMU flushes its block devices and exits without
@@ -240,10 +263,12 @@ func (d *Driver) Shutdown(ctx context.Context, pid int) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return vmm.TerminateProcess(pid)
+	return d.procs.Signal(pid, unix.SIGTERM)
 }
 
-func (d *Driver) Kill(pid int) error { return vmm.KillProcess(pid) }
+// Kill sends SIGKILL, only to a pid this driver started or found and only
+// while it is still that QEMU (see vmm.Registry).
+func (d *Driver) Kill(pid int) error { return d.procs.Signal(pid, unix.SIGKILL) }
 
 func (d *Driver) Alive(pid int) bool { return vmm.ProcessAlive(pid) }
 

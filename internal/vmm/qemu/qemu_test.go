@@ -65,8 +65,10 @@ func TestBuildArgsTCG(t *testing.T) {
 -no-user-config
 -display none
 -no-reboot
+-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny
 -monitor none
--chardev file,id=console,path=/state/vms/abc123/console.log,append=on
+-S
+-chardev socket,id=console,path=/state/vms/abc123/console.sock,server=on,wait=off
 -serial chardev:console
 -chardev socket,id=qmp,path=/state/vms/abc123/qmp.sock,server=on,wait=off
 -mon chardev=qmp,mode=control
@@ -101,8 +103,10 @@ func TestBuildArgsKVMMinimal(t *testing.T) {
 -no-user-config
 -display none
 -no-reboot
+-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny
 -monitor none
--chardev file,id=console,path=/d/console.log,append=on
+-S
+-chardev socket,id=console,path=/d/console.sock,server=on,wait=off
 -serial chardev:console
 -chardev socket,id=qmp,path=/d/qmp.sock,server=on,wait=off
 -mon chardev=qmp,mode=control
@@ -269,6 +273,21 @@ func (f *fakeRunner) Start(ctx context.Context, spec system.ProcSpec) (int, erro
 	}
 	f.lns = append(f.lns, ln)
 	go serveQMP(ln, f.status)
+	// The serial console socket: accepted and left silent.
+	cons, err := net.Listen("unix", argAfter(spec.Args, "-chardev", "socket,id=console,path="))
+	if err != nil {
+		return 0, err
+	}
+	f.lns = append(f.lns, cons)
+	go func() {
+		for {
+			c, err := cons.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
 	// A harmless real process stands in for QEMU, so Alive and Kill act on it.
 	pid, err := system.Exec{}.Start(ctx, system.ProcSpec{Path: "sh", Args: []string{"-c", "sleep 30; true", "sh", "-pidfile", pidFile}})
 	if err != nil {
@@ -286,7 +305,7 @@ func (f *fakeRunner) close() {
 		ln.Close()
 	}
 	for _, pid := range f.pids {
-		_ = vmm.KillProcess(pid)
+		_ = vmm.KillProcess(pid, anyProcess)
 	}
 }
 
@@ -305,6 +324,8 @@ func serveQMP(ln net.Listener, status string) {
 				_ = json.Unmarshal(sc.Bytes(), &req)
 				switch req.Execute {
 				case "qmp_capabilities":
+					fmt.Fprintln(c, `{"return": {}}`)
+				case "cont":
 					fmt.Fprintln(c, `{"return": {}}`)
 				case "query-status":
 					fmt.Fprintln(c, `{"timestamp": {"seconds": 1}, "event": "RESUME"}`)
@@ -357,7 +378,7 @@ func TestStartWaitsForQMPRunning(t *testing.T) {
 	}
 	sp := r.started[0]
 	if sp.Path != "/usr/bin/qemu-system-x86_64" || sp.UID != 1234 || sp.GID != 1234 ||
-		sp.Stdout != filepath.Join(s.Dir, "console.log") || sp.Dir != s.Dir {
+		sp.Stdout != filepath.Join(s.Dir, "vmm.log") || sp.Dir != s.Dir {
 		t.Fatalf("proc spec = %+v", sp)
 	}
 	if got := argAfter(sp.Args, "-append", ""); got != "tsc_early_khz=1000" {
@@ -367,17 +388,17 @@ func TestStartWaitsForQMPRunning(t *testing.T) {
 	if _, err := d.Start(context.Background(), s); !errors.Is(err, api.ErrBusy) {
 		t.Fatalf("second Start = %v, want ErrBusy", err)
 	}
-	if b, _ := os.ReadFile(sp.Stdout); len(b) != 0 {
+	console := filepath.Join(s.Dir, "console.log")
+	if b, _ := os.ReadFile(console); len(b) != 0 {
 		t.Fatalf("console log not truncated: %q", b)
 	}
-	st, err := os.Stat(sp.Stdout)
+	// The daemon writes the console log (from the socket), never the VMM user.
+	st, err := os.Stat(console)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if os.Geteuid() == 0 && st.Sys() != nil {
-		if uid := st.Sys().(*syscall.Stat_t).Uid; uid != 1234 {
-			t.Fatalf("console log owner %d, want 1234", uid)
-		}
+	if uid := st.Sys().(*syscall.Stat_t).Uid; int(uid) != os.Geteuid() {
+		t.Fatalf("console log owner %d, want %d", uid, os.Geteuid())
 	}
 }
 
@@ -496,7 +517,7 @@ func TestFindMatchesOnlyThisVM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = vmm.KillProcess(pid) })
+	t.Cleanup(func() { _ = vmm.KillProcess(pid, anyProcess) })
 	waitArgs(t, pid, pidFile)
 	writePID(t, pidFile, pid)
 	if got, ok := d.Find(s); !ok || got != pid {
@@ -532,13 +553,25 @@ func TestFindMatchesOnlyThisVM(t *testing.T) {
 	}
 }
 
+// anyProcess is the identity check of test cleanups that kill their own child.
+func anyProcess([]string) bool { return true }
+
 func TestShutdownSendsTerm(t *testing.T) {
 	d := New(system.Exec{}, nil)
-	pid, err := system.Exec{}.Start(context.Background(), system.ProcSpec{Path: "sleep", Args: []string{"30"}})
+	s := vmm.Spec{ID: "t", Dir: t.TempDir()}
+	pidFile := filepath.Join(s.Dir, "vmm.pid")
+	pid, err := system.Exec{}.Start(context.Background(), system.ProcSpec{
+		Path: "sh", Args: []string{"-c", "sleep 30; true", "sh", "-pidfile", pidFile},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = vmm.KillProcess(pid) })
+	t.Cleanup(func() { _ = vmm.KillProcess(pid, anyProcess) })
+	waitArgs(t, pid, pidFile)
+	writePID(t, pidFile, pid)
+	if got, ok := d.Find(s); !ok || got != pid {
+		t.Fatalf("Find = %d, %v", got, ok)
+	}
 	if err := d.Shutdown(context.Background(), pid); err != nil {
 		t.Fatal(err)
 	}

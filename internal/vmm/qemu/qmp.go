@@ -9,15 +9,31 @@ import (
 	"time"
 )
 
-// qmpStatus connects to the QMP socket, negotiates capabilities and returns
-// the run state from query-status ("running", "paused", "shutdown", ...).
+// qmpStatus returns the run state from query-status ("running",
+// "prelaunch", "paused", "shutdown", ...).
 func qmpStatus(ctx context.Context, sock string) (string, error) {
+	ret, err := qmpExec(ctx, sock, "query-status")
+	if err != nil {
+		return "", err
+	}
+	var st struct {
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal(ret, &st); err != nil {
+		return "", fmt.Errorf("qmp query-status: %w", err)
+	}
+	return st.Status, nil
+}
+
+// qmpExec connects to the QMP socket, negotiates capabilities and runs one
+// argument-less command, returning its "return" value.
+func qmpExec(ctx context.Context, sock, cmd string) (json.RawMessage, error) {
 	var dialer net.Dialer
 	dctx, cancel := context.WithTimeout(ctx, qmpTimeout)
 	defer cancel()
 	conn, err := dialer.DialContext(dctx, "unix", sock)
 	if err != nil {
-		return "", fmt.Errorf("qmp dial: %w", err)
+		return nil, fmt.Errorf("qmp dial: %w", err)
 	}
 	defer conn.Close()
 	deadline := time.Now().Add(qmpTimeout)
@@ -31,22 +47,12 @@ func qmpStatus(ctx context.Context, sock string) (string, error) {
 		QMP json.RawMessage `json:"QMP"`
 	}
 	if err := readMsg(r, &greeting); err != nil || greeting.QMP == nil {
-		return "", fmt.Errorf("qmp greeting: %v", err)
+		return nil, fmt.Errorf("qmp greeting: %v", err)
 	}
 	if _, err := qmpCall(conn, r, "qmp_capabilities"); err != nil {
-		return "", err
+		return nil, err
 	}
-	ret, err := qmpCall(conn, r, "query-status")
-	if err != nil {
-		return "", err
-	}
-	var st struct {
-		Status string `json:"status"`
-	}
-	if err := json.Unmarshal(ret, &st); err != nil {
-		return "", fmt.Errorf("qmp query-status: %w", err)
-	}
-	return st.Status, nil
+	return qmpCall(conn, r, cmd)
 }
 
 func qmpCall(conn net.Conn, r *bufio.Reader, cmd string) (json.RawMessage, error) {

@@ -18,17 +18,13 @@ import (
 	"github.com/banger-dev/banger/internal/vmm"
 )
 
-// QEMU running as an unprivileged uid attaches to a TAP made by hostnet for
-// that uid, and is refused one owned by someone else. All inside a netns.
+// QEMU running as an unprivileged uid gets its TAP as an inherited fd
+// opened by root (what the helper's open_tap does: /dev/net/tun is 0600 root
+// on these hosts), and without one it cannot attach at all. In a netns.
 func TestE2ETapAsUnprivilegedUser(t *testing.T) {
 	kernel := testKernel(t)
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
-	}
-	// Distros make /dev/net/tun 0666 (the TAP owner check does the rest);
-	// some hosts ship it 0600, and then only a passed fd would work.
-	if st, err := os.Stat("/dev/net/tun"); err != nil || st.Mode().Perm()&0o006 != 0o006 {
-		t.Skip("/dev/net/tun is not world read-writable on this host")
 	}
 	runtime.LockOSThread()
 	orig, _ := netns.Get()
@@ -49,18 +45,18 @@ func TestE2ETapAsUnprivilegedUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	const nobody = 65534
-	if err := m.CreateTap(ctx, "bgr-mine", nobody); err != nil {
+	if err := m.CreateTap(ctx, "bgr-p0", nobody); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.CreateTap(ctx, "bgr-theirs", 1000); err != nil {
+	if err := m.CreateTap(ctx, "bgr-p1", 1000); err != nil {
 		t.Fatal(err)
 	}
 	ip, _ := hostnet.AllocIP(m.Cfg.Subnet, nil)
 	d := New(system.Exec{}, nil)
 	for _, c := range []struct {
-		tap string
-		ok  bool
-	}{{"bgr-mine", true}, {"bgr-theirs", false}} {
+		tap    string
+		passFD bool
+	}{{"bgr-p0", true}, {"bgr-p1", false}} {
 		dir, err := os.MkdirTemp("", "bq")
 		if err != nil {
 			t.Fatal(err)
@@ -71,18 +67,38 @@ func TestE2ETapAsUnprivilegedUser(t *testing.T) {
 		}
 		s := vmm.Spec{ID: "tap1", Dir: dir, VCPU: 1, MemoryMiB: 128, Kernel: kernel, Cmdline: "console=ttyS0",
 			Tap: c.tap, MAC: hostnet.MACForIP(ip).String(), UID: nobody, GID: nobody}
+		if c.passFD {
+			f, err := m.OpenTap(ctx, c.tap)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.TapFile = f
+		}
 		pid, err := d.Start(ctx, s)
-		if c.ok {
+		if s.TapFile != nil {
+			s.TapFile.Close()
+		}
+		if c.passFD {
 			if err != nil {
 				t.Fatalf("%s: %v", c.tap, err)
 			}
 			st, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-			t.Logf("%s: qemu pid %d running; %s", c.tap, pid, uidLine(string(st)))
+			fd3, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/fd/3")
+			// -sandbox: seccomp filter mode, which also set no_new_privs.
+			if !strings.Contains(string(st), "Seccomp:\t2\n") || !strings.Contains(string(st), "NoNewPrivs:\t1\n") {
+				d.Kill(pid)
+				t.Fatalf("%s: qemu is not confined:\n%s", c.tap, st)
+			}
+			if !strings.Contains(uidLine(string(st)), strconv.Itoa(nobody)) || fd3 != "/dev/net/tun" {
+				d.Kill(pid)
+				t.Fatalf("%s: qemu %s, fd 3 -> %q; want uid %d holding the tun fd", c.tap, uidLine(string(st)), fd3, nobody)
+			}
+			t.Logf("%s: qemu pid %d running with the passed fd; %s", c.tap, pid, uidLine(string(st)))
 			d.Kill(pid)
 		} else {
 			if err == nil {
 				d.Kill(pid)
-				t.Fatalf("%s: qemu as uid %d attached to a tap owned by 1000", c.tap, nobody)
+				t.Fatalf("%s: qemu as uid %d attached to a tap owned by 1000 without a passed fd", c.tap, nobody)
 			}
 			t.Logf("%s: refused as expected: %v", c.tap, err)
 		}
