@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/banger-dev/banger/internal/tarsafe"
 )
 
 // MaxSeedBytes bounds the file data one seed may write: a seed carries
@@ -75,7 +77,7 @@ func UnpackSeed(r io.Reader, root string) (SeedResult, error) {
 				refuse("empty file name")
 				continue
 			}
-			if isSparse(hdr) {
+			if tarsafe.IsSparse(hdr) {
 				// Sparse entries expand to far more than the archive holds.
 				refuse("sparse files not allowed")
 				continue
@@ -94,15 +96,6 @@ func UnpackSeed(r io.Reader, root string) (SeedResult, error) {
 			refuse(fmt.Sprintf("entry type %q not allowed (regular files and directories only)", hdr.Typeflag))
 		}
 	}
-}
-
-func isSparse(h *tar.Header) bool {
-	for k := range h.PAXRecords {
-		if strings.HasPrefix(k, "GNU.sparse.") {
-			return true
-		}
-	}
-	return false
 }
 
 // seedPath splits a tar name into safe components.

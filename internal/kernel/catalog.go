@@ -26,6 +26,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/tarsafe"
 )
 
 // A kernel catalog is a JSON document:
@@ -529,7 +530,7 @@ func unpackModules(tarPath, dir, version string) (string, error) {
 		}
 		// Sparse entries expand to far more than the archive holds; no
 		// modules tarball needs one.
-		if isSparse(hdr) {
+		if tarsafe.IsSparse(hdr) {
 			return "", fmt.Errorf("modules tarball: entry %q is sparse (refused): %w", hdr.Name, api.ErrInvalid)
 		}
 		name := path.Clean(strings.TrimLeft(hdr.Name, "/"))
@@ -575,17 +576,4 @@ func unpackModules(tarPath, dir, version string) (string, error) {
 		return "", fmt.Errorf("modules tarball: want exactly one lib/modules/<version> (or give version): %w", api.ErrInvalid)
 	}
 	return filepath.Join(dir, "lib/modules", ents[0].Name()), nil
-}
-
-// isSparse reports a GNU or PAX sparse tar entry.
-func isSparse(h *tar.Header) bool {
-	if h.Typeflag == tar.TypeGNUSparse {
-		return true
-	}
-	for k := range h.PAXRecords {
-		if strings.HasPrefix(k, "GNU.sparse.") {
-			return true
-		}
-	}
-	return false
 }

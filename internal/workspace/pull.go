@@ -14,6 +14,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/guest"
+	"github.com/banger-dev/banger/internal/tarsafe"
 )
 
 // PullParams says how to bring a VM's work back.
@@ -212,7 +213,7 @@ func untar(r io.Reader, dir string, l pullLimits) (map[string][]byte, error) {
 		limit, ok := l.entry(h.Name)
 		_, dup := out[h.Name]
 		switch {
-		case isSparse(h):
+		case tarsafe.IsSparse(h):
 			// archive/tar would expand it: a few KiB of tar, any size on disk.
 			return nil, fmt.Errorf("tar entry %s from the guest is a sparse file: refused: %w", name, api.ErrInvalid)
 		case h.Typeflag != tar.TypeReg:
@@ -251,18 +252,4 @@ func untar(r io.Reader, dir string, l pullLimits) (map[string][]byte, error) {
 		}
 		out[h.Name] = b
 	}
-}
-
-// isSparse reports a GNU sparse entry, old style ('S') or PAX 0.0/0.1/1.0
-// (GNU.sparse.* records); archive/tar expands both to their logical size.
-func isSparse(h *tar.Header) bool {
-	if h.Typeflag == tar.TypeGNUSparse {
-		return true
-	}
-	for k := range h.PAXRecords {
-		if strings.HasPrefix(k, "GNU.sparse.") {
-			return true
-		}
-	}
-	return false
 }

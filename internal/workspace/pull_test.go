@@ -12,6 +12,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/guest"
+	"github.com/banger-dev/banger/internal/tarsafe"
 )
 
 const testTip = "0123456789abcdef0123456789abcdef01234567"
@@ -27,8 +28,8 @@ func TestCraftedSparseTarsExpand(t *testing.T) {
 			t.Fatalf("%s: %v", format, err)
 		}
 		n, err := io.Copy(io.Discard, tr)
-		if err != nil || n != 300<<20 || h.Name != "bundle" || !isSparse(h) || len(data) > 10<<10 {
-			t.Fatalf("%s: %d-byte tar → %q %d bytes (%v), sparse=%v", format, len(data), h.Name, n, err, isSparse(h))
+		if err != nil || n != 300<<20 || h.Name != "bundle" || !tarsafe.IsSparse(h) || len(data) > 10<<10 {
+			t.Fatalf("%s: %d-byte tar → %q %d bytes (%v), sparse=%v", format, len(data), h.Name, n, err, tarsafe.IsSparse(h))
 		}
 	}
 }
