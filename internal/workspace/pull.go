@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/guest"
@@ -50,6 +51,8 @@ const (
 	pullTipLimit = 128
 	// pullCountLimit: a decimal commit count and a newline.
 	pullCountLimit = 32
+	// pullFetchTimeout bounds the host's git fetch of the guest's bundle.
+	pullFetchTimeout = 10 * time.Minute
 )
 
 // pullLimits are the limits untar enforces (small ones in tests).
@@ -157,7 +160,15 @@ func (s *Service) Pull(ctx context.Context, p PullParams) (PullResult, error) {
 		if p.Force {
 			spec = "+" + spec
 		}
-		if _, err := g.git(ctx, "fetch", "-q", "--no-write-fetch-head", filepath.Join(tmp, "bundle"), spec); err != nil {
+		// The bundle is the guest's: bounded in size, and git gets a bounded
+		// time to index it, so a crafted pack cannot keep the host busy.
+		fctx, cancel := context.WithTimeout(ctx, pullFetchTimeout)
+		_, err := g.git(fctx, "fetch", "-q", "--no-write-fetch-head", filepath.Join(tmp, "bundle"), spec)
+		cancel()
+		if err != nil {
+			if fctx.Err() == context.DeadlineExceeded {
+				err = fmt.Errorf("git fetch of the guest's bundle took longer than %s: %w", pullFetchTimeout, err)
+			}
 			return PullResult{}, fmt.Errorf("fetch the vm's work into %s: %w", branch, err)
 		}
 	} else {
