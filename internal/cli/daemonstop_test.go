@@ -32,12 +32,17 @@ func TestWaitDaemonExit(t *testing.T) {
 	if err := waitDaemonExit(ctx, pid, 200*time.Millisecond); !errors.Is(err, api.ErrBusy) {
 		t.Fatalf("lock held: got %v, want busy", err)
 	}
+	fd := int(held.Fd())
 	released := time.Now().Add(300 * time.Millisecond)
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		time.Sleep(time.Until(released))
-		unix.Flock(int(held.Fd()), unix.LOCK_UN)
+		unix.Flock(fd, unix.LOCK_UN)
 	}()
-	if err := waitDaemonExit(ctx, pid, 5*time.Second); err != nil {
+	err = waitDaemonExit(ctx, pid, 5*time.Second)
+	<-done
+	if err != nil {
 		t.Fatalf("lock released: %v", err)
 	}
 	if time.Now().Before(released) {
