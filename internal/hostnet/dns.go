@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/net/netutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -21,6 +22,18 @@ const DNSZone = "vm"
 
 // dnsTTL is short: VMs come and go.
 const dnsTTL = 5
+
+// Guests are hostile and the server runs inside bangerd, so its work is
+// bounded: at most DNSMaxInFlight queries are answered at once (more are
+// dropped, as an overloaded resolver does; clients retry), at most
+// DNSMaxTCPConns TCP connections are served at once (further ones wait in
+// the listen backlog), and a TCP connection gets DNSMaxTCPQueries queries.
+const (
+	DNSMaxInFlight   = 64
+	DNSMaxTCPConns   = 32
+	DNSMaxTCPQueries = 16
+	dnsTCPIdle       = 2 * time.Second
+)
 
 // VMResolver maps live VMs' names and addresses (the VM service).
 type VMResolver interface {
@@ -43,6 +56,8 @@ type DNSServer struct {
 	mu      sync.Mutex
 	servers []*dns.Server
 	udp     net.Addr
+
+	inflight chan struct{} // a slot per query being answered
 }
 
 func (d *DNSServer) log() *slog.Logger {
@@ -101,8 +116,10 @@ func ListenDNS(ctx context.Context, addr string) (*DNSConns, error) {
 
 func (d *DNSServer) serve(ctx context.Context, pc net.PacketConn, ln net.Listener) error {
 	tcpAddr := ln.Addr().String()
+	d.inflight = make(chan struct{}, DNSMaxInFlight)
 	udpSrv := &dns.Server{PacketConn: pc, Handler: d}
-	tcpSrv := &dns.Server{Listener: ln, Handler: d}
+	tcpSrv := &dns.Server{Listener: netutil.LimitListener(ln, DNSMaxTCPConns), Handler: d,
+		MaxTCPQueries: DNSMaxTCPQueries, IdleTimeout: func() time.Duration { return dnsTCPIdle }}
 	d.mu.Lock()
 	d.servers = []*dns.Server{udpSrv, tcpSrv}
 	d.udp = pc.LocalAddr()
@@ -142,6 +159,12 @@ func (d *DNSServer) Close() error {
 
 // ServeDNS implements dns.Handler.
 func (d *DNSServer) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	select {
+	case d.inflight <- struct{}{}:
+		defer func() { <-d.inflight }()
+	default:
+		return // overloaded: drop, the client retries
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	resp := d.answer(ctx, req)
