@@ -30,6 +30,7 @@ import (
 	"github.com/banger-dev/banger/internal/store"
 	"github.com/banger-dev/banger/internal/system"
 	"github.com/banger-dev/banger/internal/vm"
+	"github.com/banger-dev/banger/internal/vmm/cgroup"
 	"github.com/banger-dev/banger/internal/vmm/qemu"
 	"github.com/banger-dev/banger/internal/workspace"
 )
@@ -139,6 +140,7 @@ func run() error {
 		Subnet: netCfg.Subnet, Gateway: netCfg.Gateway(),
 		SSH: pool, KnownHosts: kh, ClientKey: signer.PublicKey(), UID: os.Getuid(), GID: os.Getgid(),
 		Firewall:   priv,
+		Limits:     vmmLimits(log),
 		AfterStart: func(ctx context.Context, v store.VM) { wss.AfterStart(ctx, v) },
 		AfterStep:  afterStep})
 	home, _ := os.UserHomeDir()
@@ -183,4 +185,26 @@ func run() error {
 	}
 	log.Info("bangerd stopped; running VMs keep running and are adopted at next start")
 	return nil
+}
+
+// vmmLimits returns the per-VM cgroup limiter when cgroup v2 is delegated to
+// this daemon (a cgroup of its own, memory and cpu available, writable by
+// it); nil otherwise, and doctor says why there are no limits.
+func vmmLimits(log *slog.Logger) vm.Limits {
+	self, err := os.ReadFile(cgroup.SelfCgroupFile)
+	if err != nil {
+		log.Info("no per-VM cgroup limits", "reason", err.Error())
+		return nil
+	}
+	m, err := cgroup.Detect(cgroup.DefaultMount, self)
+	if err == nil {
+		err = m.Setup(os.Getpid())
+	}
+	if err != nil {
+		log.Info("no per-VM cgroup limits", "reason", err.Error())
+		return nil
+	}
+	m.Log = log
+	log.Info("per-VM cgroup limits on", "cgroup", m.Dir)
+	return m
 }

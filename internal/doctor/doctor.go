@@ -9,13 +9,12 @@ import (
 	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/store"
 	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/vmm/cgroup"
 )
 
 // Checker runs host checks.
@@ -103,20 +102,21 @@ func (c *Checker) Run(ctx context.Context) api.DoctorResult {
 	return res
 }
 
-// cgroupNote says whether per-VM memory/CPU limits could be applied: banger
-// applies none today; it would need cgroup v2 delegated to the daemon's user.
+// cgroupNote says whether bangerd limits each VMM's memory and CPU: only
+// where cgroup v2 is delegated to it (internal/vmm/cgroup, the same test
+// bangerd makes at start).
 func cgroupNote() string {
-	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
-		return "no per-VM memory/CPU cgroup limits: cgroup v2 is not mounted"
-	}
-	b, err := os.ReadFile("/proc/self/cgroup")
+	self, err := os.ReadFile(cgroup.SelfCgroupFile)
 	if err != nil {
 		return "no per-VM memory/CPU cgroup limits: " + err.Error()
 	}
-	cg := strings.TrimSpace(strings.TrimPrefix(string(b), "0::"))
-	dir := "/sys/fs/cgroup" + cg
-	if unix.Access(dir, unix.W_OK) != nil {
-		return "no per-VM memory/CPU cgroup limits: cgroup v2 is not delegated to this user (" + dir + " not writable)"
+	m, err := cgroup.Detect(cgroup.DefaultMount, self)
+	if err == nil {
+		err = m.Own(os.Getpid())
 	}
-	return "no per-VM memory/CPU cgroup limits applied yet (cgroup " + dir + " is writable)"
+	if err != nil {
+		return "no per-VM memory/CPU cgroup limits: " + err.Error()
+	}
+	return "per-VM memory/CPU limits in " + m.Dir + "/vm-<id> (memory.max = guest RAM + " +
+		strconv.Itoa(cgroup.OverheadMiB) + " MiB, cpu.max = vcpus)"
 }

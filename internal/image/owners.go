@@ -34,6 +34,10 @@ import (
 type Owners struct {
 	byPath     map[string]*ownerMeta
 	euid, egid uint32 // who writes the staging tree
+	// kids indexes the recorded paths and their ancestors by parent, so
+	// forgetting a subtree costs its size, not the table's: a layer of
+	// whiteouts must not make a flatten quadratic.
+	kids map[string]map[string]struct{}
 }
 
 type ownerMeta struct {
@@ -45,7 +49,7 @@ type ownerMeta struct {
 
 // NewOwners returns an empty table for a tree written by euid:egid.
 func NewOwners(euid, egid int) *Owners {
-	return &Owners{byPath: map[string]*ownerMeta{}, euid: uint32(euid), egid: uint32(egid)}
+	return &Owners{byPath: map[string]*ownerMeta{}, kids: map[string]map[string]struct{}{}, euid: uint32(euid), egid: uint32(egid)}
 }
 
 const specialBits = fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
@@ -65,14 +69,33 @@ func (o *Owners) record(p string, uid, gid int, mode fs.FileMode, xattrs map[str
 	if o == nil {
 		return
 	}
-	o.byPath[p] = &ownerMeta{uid: uid, gid: gid, mode: mode & (fs.ModePerm | specialBits), xattrs: xattrs}
+	o.put(p, &ownerMeta{uid: uid, gid: gid, mode: mode & (fs.ModePerm | specialBits), xattrs: xattrs})
+}
+
+// put records m at p and links p and its ancestors into the kids index.
+func (o *Owners) put(p string, m *ownerMeta) {
+	p = path.Clean(p)
+	o.byPath[p] = m
+	for p != "." && p != "/" {
+		parent := path.Dir(p)
+		k := o.kids[parent]
+		if k == nil {
+			k = map[string]struct{}{}
+			o.kids[parent] = k
+		}
+		if _, ok := k[p]; ok {
+			return // the rest of the chain is indexed already
+		}
+		k[p] = struct{}{}
+		p = parent
+	}
 }
 
 func (o *Owners) recordSymlink(p string, uid, gid int) {
 	if o == nil {
 		return
 	}
-	o.byPath[p] = &ownerMeta{uid: uid, gid: gid, mode: 0o777, symlink: true}
+	o.put(p, &ownerMeta{uid: uid, gid: gid, mode: 0o777, symlink: true})
 }
 
 // link makes newp a hard link of oldp: one inode, one record.
@@ -81,7 +104,7 @@ func (o *Owners) link(newp, oldp string) {
 		return
 	}
 	if m, ok := o.byPath[oldp]; ok {
-		o.byPath[newp] = m
+		o.put(newp, m)
 	} else {
 		delete(o.byPath, newp)
 	}
@@ -93,16 +116,22 @@ func (o *Owners) forget(p string) {
 		return
 	}
 	p = path.Clean(p)
+	if p == "." || p == "/" {
+		clear(o.byPath)
+		clear(o.kids)
+		return
+	}
+	o.drop(p)
+	delete(o.kids[path.Dir(p)], p)
+}
+
+// drop removes p's record and its subtree's, and their index entries.
+func (o *Owners) drop(p string) {
 	delete(o.byPath, p)
-	prefix := p + "/"
-	if p == "." {
-		prefix = ""
+	for k := range o.kids[p] {
+		o.drop(k)
 	}
-	for k := range o.byPath {
-		if strings.HasPrefix(k, prefix) {
-			delete(o.byPath, k)
-		}
-	}
+	delete(o.kids, p)
 }
 
 // setMode changes a recorded entry's mode (Customize's chmods).

@@ -24,6 +24,13 @@ const (
 	StagePull    = "pull"    // layers downloaded and flattened, with byte progress
 )
 
+// Limits on what a registry's manifest may declare before anything big is
+// fetched. Docker refuses images of more than 127 layers on overlayfs.
+const (
+	MaxConfigBytes = 4 << 20
+	MaxLayers      = 256
+)
+
 // Platform is the only platform banger runs.
 var Platform = v1.Platform{OS: "linux", Architecture: "amd64"}
 
@@ -104,8 +111,21 @@ func (b *Builder) Pull(ctx context.Context, opt PullOptions, progress func(PullE
 	if err != nil {
 		return PullResult{}, fmt.Errorf("image %q: digest: %w", imgName, err)
 	}
+	// The registry is untrusted: the config blob is read whole by the
+	// library (bounded by the size the manifest declares, then verified),
+	// so the declared size and the layer count are checked first.
+	m, err := img.Manifest()
+	if err != nil {
+		return PullResult{}, fmt.Errorf("image %q: manifest: %w", imgName, err)
+	}
+	if m.Config.Size > MaxConfigBytes {
+		return PullResult{}, fmt.Errorf("image %q: config blob of %d bytes exceeds the %d-byte limit: %w", imgName, m.Config.Size, MaxConfigBytes, api.ErrInvalid)
+	}
+	if len(m.Layers) > MaxLayers {
+		return PullResult{}, fmt.Errorf("image %q: %d layers exceed the limit of %d: %w", imgName, len(m.Layers), MaxLayers, api.ErrInvalid)
+	}
 	if cf, err := img.ConfigFile(); err == nil && cf.OS != "" && (cf.OS != Platform.OS || cf.Architecture != Platform.Architecture) {
-		return PullResult{}, fmt.Errorf("image %q: %s is %s/%s, banger runs %s/%s: %w", imgName, ref.Name(), cf.OS, cf.Architecture, Platform.OS, Platform.Architecture, api.ErrInvalid)
+		return PullResult{}, fmt.Errorf("image %q: %s is %.64s/%.64s, banger runs %s/%s: %w", imgName, ref.Name(), cf.OS, cf.Architecture, Platform.OS, Platform.Architecture, api.ErrInvalid)
 	}
 	if old, err := Load(b.Layout, imgName); err == nil {
 		if old.Digest == digest.String() {

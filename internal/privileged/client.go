@@ -16,6 +16,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/hostnet"
 	"github.com/banger-dev/banger/internal/opid"
+	"github.com/banger-dev/banger/internal/vmm/firecracker"
 )
 
 // Client talks to the helper's socket: one connection per call, so a
@@ -236,3 +237,11 @@ func (c *Client) RouteDNS(ctx context.Context) (bool, error) {
 	return ok, err
 }
 func (c *Client) RevertDNS(ctx context.Context) error { return c.do(ctx, opRevertDNS, nil) }
+
+// LaunchJailer asks the helper to start Firecracker's jailer for one VM.
+func (c *Client) LaunchJailer(ctx context.Context, q firecracker.JailRequest) (firecracker.JailResult, error) {
+	var res firecracker.JailResult
+	files, err := c.call(ctx, opLaunchJailer, q, &res)
+	closeAll(files)
+	return res, err
+}

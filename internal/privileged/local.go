@@ -12,6 +12,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/hostnet"
 	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/vmm/firecracker"
 )
 
 // Local does the privileged operations in this process: bangerd running as
@@ -23,6 +24,8 @@ type Local struct {
 	Runner system.Runner
 	// LookPath finds resolvectl (system.LookPath in production).
 	LookPath func(string) (string, error)
+	// Jail, when set, lets LaunchJailer start Firecracker's jailer.
+	Jail *JailerConfig
 }
 
 var _ Privileged = (*Local)(nil)
@@ -123,3 +126,5 @@ func inInitNetNS() bool {
 	}
 	return self.Ino == init.Ino && self.Dev == init.Dev
 }
+
+var _ firecracker.Launcher = (*Local)(nil)

@@ -18,6 +18,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/hostnet"
 	"github.com/banger-dev/banger/internal/opid"
+	"github.com/banger-dev/banger/internal/vmm/firecracker"
 )
 
 const (
@@ -271,6 +272,20 @@ func (s *Server) dispatch(ctx context.Context, req request) (any, []*os.File, er
 		return ok, nil, err
 	case opRevertDNS:
 		return nil, nil, p.RevertDNS(ctx)
+	case opLaunchJailer:
+		var a firecracker.JailRequest
+		if err := args(&a); err != nil {
+			return nil, nil, err
+		}
+		if err := r.JailRequest(a); err != nil {
+			return nil, nil, err
+		}
+		jl, ok := p.(firecracker.Launcher)
+		if !ok {
+			return nil, nil, refuse("launch_jailer: not supported by this helper")
+		}
+		res, err := jl.LaunchJailer(ctx, a)
+		return res, nil, err
 	}
 	return nil, nil, refuse("unknown verb %q", req.Op)
 }

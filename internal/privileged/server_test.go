@@ -22,6 +22,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/hostnet"
 	"github.com/banger-dev/banger/internal/opid"
+	"github.com/banger-dev/banger/internal/vmm/firecracker"
 )
 
 // fakePriv keeps state (TAPs, rules per VM) and a log of the calls that
@@ -241,6 +242,17 @@ func TestHelperServesValidCalls(t *testing.T) {
 // TestHelperRefusesOutOfRange: every verb with an argument outside banger's
 // rules is refused before it reaches the implementation, and the reason is
 // logged.
+// launch calls launch_jailer with a valid request changed by mod.
+func launch(c *Client, mod func(*firecracker.JailRequest)) error {
+	q := firecracker.JailRequest{ID: "0123456789ab", UID: os.Getuid(), VCPU: 2, MemoryMiB: 512, Links: []firecracker.JailLink{
+		{Src: "/home/o/.local/share/banger/vmlinux", Dst: firecracker.JailKernel, ReadOnly: true},
+		{Src: "/home/o/.local/share/banger/vms/0123456789ab/root.ext4", Dst: firecracker.JailDiskName(0)},
+	}}
+	mod(&q)
+	_, err := c.LaunchJailer(context.Background(), q)
+	return err
+}
+
 func TestHelperRefusesOutOfRange(t *testing.T) {
 	f := newFake()
 	c, logs, _ := startHelper(t, os.Getuid(), f)
@@ -289,6 +301,26 @@ func TestHelperRefusesOutOfRange(t *testing.T) {
 		{"remove foreign tap", func() error { return c.Remove(ctx, "0123456789ab", "docker0") }, "not a banger tap"},
 		{"prune bad id", func() error { return c.Prune(ctx, map[string]string{"ABC": "bgr-p1"}) }, "vm id"},
 		{"prune foreign tap", func() error { return c.Prune(ctx, map[string]string{"0123456789ab": "veth1"}) }, "not a banger tap"},
+		{"jail bad id", func() error { return launch(c, func(q *firecracker.JailRequest) { q.ID = "../../etc" }) }, "vm id"},
+		{"jail another uid", func() error { return launch(c, func(q *firecracker.JailRequest) { q.UID = os.Getuid() + 4242 }) }, "serves uid"},
+		{"jail 33 vcpus", func() error { return launch(c, func(q *firecracker.JailRequest) { q.VCPU = 33 }) }, "jail vcpu"},
+		{"jail 2 TiB", func() error { return launch(c, func(q *firecracker.JailRequest) { q.MemoryMiB = 2 << 20 }) }, "jail memory"},
+		{"jail relative src", func() error {
+			return launch(c, func(q *firecracker.JailRequest) { q.Links[1].Src = "disk.img" })
+		}, "clean absolute path"},
+		{"jail dotdot src", func() error {
+			return launch(c, func(q *firecracker.JailRequest) { q.Links[1].Src = "/home/o/.local/../../../etc/shadow" })
+		}, "clean absolute path"},
+		{"jail dst outside layout", func() error {
+			return launch(c, func(q *firecracker.JailRequest) { q.Links[1].Dst = "/dev/kvm" })
+		}, "jail layout"},
+		{"jail dst escaping", func() error {
+			return launch(c, func(q *firecracker.JailRequest) { q.Links[1].Dst = "/../../etc/passwd" })
+		}, "jail layout"},
+		{"jail dst twice", func() error {
+			return launch(c, func(q *firecracker.JailRequest) { q.Links[1].Dst = firecracker.JailKernel })
+		}, "jail layout"},
+		{"jail no links", func() error { return launch(c, func(q *firecracker.JailRequest) { q.Links = nil }) }, "jail links"},
 	}
 	for _, tc := range cases {
 		err := tc.call()

@@ -26,6 +26,7 @@ const (
 	opListenDNS    = "listen_dns"
 	opRouteDNS     = "route_dns"
 	opRevertDNS    = "revert_dns"
+	opLaunchJailer = "launch_jailer"
 )
 
 // Limits of the wire: a request or reply larger than this is refused.

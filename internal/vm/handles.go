@@ -72,6 +72,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		return err
 	}
 	var errs []error
+	adopted := map[string]bool{}
 	for i := range vms {
 		v := vms[i]
 		if v.State != StateRunning && v.State != StateCreating && v.State != StateError {
@@ -104,6 +105,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 				}
 			}
 			s.d.Log.InfoContext(ctx, "adopted running vm", "vm", v.Name, "pid", pid)
+			adopted[v.ID] = true
 			continue
 		}
 		state, msg := StateStopped, ""
@@ -126,7 +128,24 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	if err := s.reconcileNet(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("reconcile network: %w", err))
 	}
+	if s.d.Limits != nil {
+		// Groups of VMMs that are gone (a daemon killed before teardown).
+		if err := s.d.Limits.Prune(adopted); err != nil {
+			errs = append(errs, fmt.Errorf("reconcile vmm cgroups: %w", err))
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// removeLimits deletes the VM's cgroup; its VMM is gone.
+func (s *Service) removeLimits(v store.VM) error {
+	if s.d.Limits == nil {
+		return nil
+	}
+	if err := s.d.Limits.Remove(v.ID); err != nil {
+		return fmt.Errorf("vm %q: %w", v.Name, err)
+	}
+	return nil
 }
 
 // Running reports whether the VM's VMM is alive now.

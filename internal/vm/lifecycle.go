@@ -85,6 +85,13 @@ func (s *Service) start(ctx context.Context, v *store.VM, bootTimeout time.Durat
 			}
 			h.PID = pid
 			s.setHandle(v.ID, h)
+			if s.d.Limits != nil {
+				// Right after launch, before the guest has run for long;
+				// a VMM that cannot be limited is not kept (undo kills it).
+				if err := s.d.Limits.Place(v.ID, pid, spec.MemoryMiB, spec.VCPU); err != nil {
+					return fmt.Errorf("vmm limits: %w", err)
+				}
+			}
 			v.State = StateRunning
 			v.LastError = ""
 			if err := s.writeHandles(*v, h); err != nil {
@@ -115,7 +122,7 @@ func (s *Service) start(ctx context.Context, v *store.VM, bootTimeout time.Durat
 			}
 			s.setHandle(v.ID, nil)
 			s.removeHandles(*v)
-			return err
+			return errors.Join(err, s.removeLimits(*v))
 		}},
 		{name: "wait_ready", do: func(ctx context.Context) error {
 			wctx, cancel := context.WithTimeout(ctx, bootTimeout)
@@ -263,6 +270,9 @@ func (s *Service) teardown(ctx context.Context, v *store.VM, state, lastErr stri
 	}
 	s.setHandle(v.ID, nil)
 	s.removeHandles(*v)
+	if err := s.removeLimits(*v); err != nil {
+		errs = append(errs, err)
+	}
 	v.State = state
 	v.LastError = lastErr
 	if err := s.d.Store.UpdateVM(uctx, v); err != nil {

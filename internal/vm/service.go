@@ -81,6 +81,17 @@ type Network interface {
 	OpenTap(ctx context.Context, name string) (*os.File, error)
 }
 
+// Limits puts each VM's VMM in its own cgroup with memory and CPU limits
+// (internal/vmm/cgroup where cgroup v2 is delegated to the daemon; nil,
+// and no limits, where it is not: doctor says so).
+type Limits interface {
+	Place(id string, pid, memMiB, vcpus int) error
+	// Remove deletes a VM's group once its VMM is gone.
+	Remove(id string) error
+	// Prune removes the empty groups of VMs not in keep.
+	Prune(keep map[string]bool) error
+}
+
 // Guest reaches into running VMs (internal/guest.Pool in production).
 type Guest interface {
 	WaitReady(ctx context.Context, t guest.Target, interval time.Duration) error
@@ -111,6 +122,7 @@ type Deps struct {
 	ClientKey  ssh.PublicKey
 	UID, GID   int      // the VMM runs as this user
 	Firewall   Firewall // per-VM anti-spoofing + NAT rules (nil: none)
+	Limits     Limits   // per-VM cgroup limits (nil: none)
 	// AfterStart runs after every successful boot (create, start, restart),
 	// best effort: it logs its own failures, the VM stays up (file sync).
 	AfterStart func(ctx context.Context, v store.VM)

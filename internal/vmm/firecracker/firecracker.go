@@ -70,6 +70,12 @@ type Driver struct {
 	// the CID is only seen by the guest and need not be unique on the host.
 	VsockCID uint32
 
+	// Jailer, when set, launches every VM through Firecracker's jailer
+	// (root, via the privileged side): chroot, its own uid/gid, /dev/kvm and
+	// /dev/net/tun inside the jail, Firecracker's default seccomp filters.
+	// Unset, Firecracker runs directly as Spec.UID.
+	Jailer Launcher
+
 	lookPath func(string) (string, error) // seam for tests; nil = system.LookPath
 	procs    vmm.Registry                 // pids started or found, with their identity
 }
@@ -127,14 +133,21 @@ func (d *Driver) Start(ctx context.Context, s vmm.Spec) (int, error) {
 	if err := d.validate(s); err != nil {
 		return 0, err
 	}
-	bin, err := d.binary()
-	if err != nil {
-		return 0, err
-	}
 	if pid, ok := d.Find(s); ok {
 		return 0, fmt.Errorf("vm %s: vmm already running (pid %d): %w", s.ID, pid, api.ErrBusy)
 	}
 	if err := vmm.CheckFiles(s); err != nil {
+		return 0, err
+	}
+	if d.Jailer != nil {
+		// The binaries are the privileged side's; the pid file is ours.
+		if err := os.Remove(vmFiles(s.Dir).pid); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return 0, fmt.Errorf("vm %s: remove stale pid file: %w", s.ID, err)
+		}
+		return d.startJailed(ctx, s)
+	}
+	bin, err := d.binary()
+	if err != nil {
 		return 0, err
 	}
 	f := vmFiles(s.Dir)
@@ -154,18 +167,24 @@ func (d *Driver) Start(ctx context.Context, s vmm.Spec) (int, error) {
 		return 0, fmt.Errorf("vm %s: start firecracker: %w", s.ID, err)
 	}
 	d.procs.Remember(pid, isFirecrackerOf(f.sock))
-	if err := d.bringUp(ctx, pid, s, f); err != nil {
-		// A half-configured VMM must not outlive the failed launch.
-		_ = d.procs.Signal(pid, unix.SIGKILL)
-		_ = os.Remove(f.pid)
-		return 0, fmt.Errorf("vm %s: %w", s.ID, err)
+	if err := d.bringUpIn(ctx, pid, s, f, f); err != nil {
+		return 0, d.abort(pid, f, s.ID, err)
 	}
 	d.log().Info("firecracker started", "vm", s.ID, "pid", pid,
 		"elapsed_ms", time.Since(started).Milliseconds())
 	return pid, nil
 }
 
-func (d *Driver) bringUp(ctx context.Context, pid int, s vmm.Spec, f files) error {
+// abort kills a half-configured VMM: it must not outlive the failed launch.
+func (d *Driver) abort(pid int, f files, id string, err error) error {
+	_ = d.procs.Signal(pid, unix.SIGKILL)
+	_ = os.Remove(f.pid)
+	return fmt.Errorf("vm %s: %w", id, err)
+}
+
+// bringUpIn configures the VMM: f are its files as this process sees them,
+// in (and s) as Firecracker sees them (the same unless jailed).
+func (d *Driver) bringUpIn(ctx context.Context, pid int, s vmm.Spec, f, in files) error {
 	if err := writePIDFile(f.pid, pid); err != nil {
 		return err
 	}
@@ -174,7 +193,7 @@ func (d *Driver) bringUp(ctx context.Context, pid int, s vmm.Spec, f files) erro
 	if err := waitAPI(ctx, c, pid, f); err != nil {
 		return err
 	}
-	for _, step := range d.config(s, f) {
+	for _, step := range d.config(s, in) {
 		if !vmm.ProcessAlive(pid) {
 			return died(f)
 		}
@@ -333,9 +352,13 @@ func (d *Driver) Find(s vmm.Spec) (int, bool) {
 		return 0, false
 	}
 	f := vmFiles(s.Dir)
-	pid, ok := vmm.FindProcess(f.pid, isFirecrackerOf(f.sock))
+	match := isFirecrackerOf(f.sock)
+	if d.Jailer != nil {
+		match = isJailedFirecrackerOf(s.ID)
+	}
+	pid, ok := vmm.FindProcess(f.pid, match)
 	if ok {
-		d.procs.Remember(pid, isFirecrackerOf(f.sock))
+		d.procs.Remember(pid, match)
 	}
 	return pid, ok
 }
