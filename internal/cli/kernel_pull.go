@@ -9,6 +9,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/rpc"
+	"github.com/banger-dev/banger/internal/termsafe"
 )
 
 // EnvKernelCatalog names the default kernel catalog URL.
@@ -38,7 +39,7 @@ fails when the server sends nothing for 60 s; a retry resumes it.`,
 			if a.json {
 				return a.printJSON(k)
 			}
-			fmt.Fprintf(a.stdout, "kernel %s pulled (%s, sha256 %s)\n", k.Name, k.Version, k.SHA256)
+			fmt.Fprintf(a.stdout, "kernel %s pulled (%s, sha256 %s)\n", k.Name, termsafe.Field(k.Version), k.SHA256)
 			return nil
 		},
 	}

@@ -82,8 +82,9 @@ func (a *app) systemHelperCmd() *cobra.Command {
 				return err
 			}
 			defer ln.Close()
-			srv := privileged.NewServer(log, privileged.Rules{Subnet: prefix, Owner: uid},
-				privileged.NewLocal(log, system.Exec{}, cfg))
+			local := privileged.NewLocal(log, system.Exec{}, cfg)
+			local.Net.Owner = &uid // only the owner's TAPs are opened, released, deleted or reused
+			srv := privileged.NewServer(log, privileged.Rules{Subnet: prefix, Owner: uid}, local)
 			if fp := os.Getenv(envHelperFailpoint); fp != "" {
 				op, ok := strings.CutPrefix(fp, "kill-before:")
 				if !ok || op == "" {

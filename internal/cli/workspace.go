@@ -160,7 +160,13 @@ func (a *app) wsPullCmd() *cobra.Command {
 			msg := fmt.Sprintf("branch %s at %s (%d new commit(s))", r.Branch, shortID(r.Commit), r.Commits)
 			if p.Patch {
 				// The patch is the data: stdout; the summary goes to stderr.
-				_, err := a.stdout.Write(r.Patch)
+				// Redirected, it is written as the guest made it (to apply);
+				// on a terminal, the guest's bytes are made inert.
+				out := r.Patch
+				if isTerminal(a.stdout) {
+					out = termsafe.Bytes(out)
+				}
+				_, err := a.stdout.Write(out)
 				fmt.Fprintf(a.stderr, "%s; uncommitted changes: %d-byte patch on stdout\n", msg, len(r.Patch))
 				return err
 			}

@@ -178,6 +178,9 @@ type customizer struct {
 	owners *Owners
 }
 
+// maxSSHDConfigBytes bounds the image's sshd_config, read to add an Include.
+const maxSSHDConfigBytes = 1 << 20
+
 func (c customizer) ssh() error {
 	ents, err := c.readDir("etc/ssh")
 	if err != nil {
@@ -203,7 +206,7 @@ func (c customizer) ssh() error {
 		return err
 	}
 	// A config without the Include would ignore the drop-in: add it at the top.
-	main, err := c.root.ReadFile("etc/ssh/sshd_config")
+	main, err := readImageFile(c.root, "etc/ssh/sshd_config", maxSSHDConfigBytes)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:

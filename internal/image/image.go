@@ -388,46 +388,54 @@ func treeSize(root string) (int64, error) {
 const maxDpkgStatusBytes = 32 << 20
 
 // installedPackages lists the packages dpkg records as installed in the tree.
-// The file is image content: opened inside the root without following a
-// symlink (O_NOFOLLOW; os.Root keeps the parents inside), a regular file only
-// (O_NONBLOCK so a FIFO cannot block the build), read up to maxDpkgStatusBytes.
 func installedPackages(rootfs string) ([]string, error) {
 	root, err := os.OpenRoot(rootfs)
 	if err != nil {
 		return nil, err
 	}
 	defer root.Close()
-	const name = "var/lib/dpkg/status"
-	lfi, err := root.Lstat(name)
+	data, err := readImageFile(root, "var/lib/dpkg/status", maxDpkgStatusBytes)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read dpkg status: %w", err)
+		return nil, fmt.Errorf("dpkg status: %w", err)
+	}
+	return parseDpkgStatus(data), nil
+}
+
+// readImageFile reads a file of the image tree, which is hostile content:
+// opened inside root without following a symlink (O_NOFOLLOW; os.Root keeps
+// the parents inside), a regular file only (O_NONBLOCK so a FIFO cannot
+// block the build), at most limit bytes or an error naming the limit.
+func readImageFile(root *os.Root, name string, limit int64) ([]byte, error) {
+	lfi, err := root.Lstat(name)
+	if err != nil {
+		return nil, err
 	}
 	if !lfi.Mode().IsRegular() {
-		return nil, fmt.Errorf("dpkg status %s is not a regular file (%v): %w", name, lfi.Mode().Type(), api.ErrInvalid)
+		return nil, fmt.Errorf("%s is not a regular file (%v): %w", name, lfi.Mode().Type(), api.ErrInvalid)
 	}
 	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, fmt.Errorf("read dpkg status: %w", err)
+		return nil, err
 	}
 	defer f.Close()
 	// The file opened must be the one just checked (os.Root follows a
 	// symlink in the last component even with O_NOFOLLOW).
 	if fi, err := f.Stat(); err != nil {
-		return nil, fmt.Errorf("read dpkg status: %w", err)
+		return nil, err
 	} else if !os.SameFile(lfi, fi) {
-		return nil, fmt.Errorf("dpkg status %s changed while opened: %w", name, api.ErrInvalid)
+		return nil, fmt.Errorf("%s changed while opened: %w", name, api.ErrInvalid)
 	}
-	data, err := io.ReadAll(io.LimitReader(f, maxDpkgStatusBytes+1))
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
-		return nil, fmt.Errorf("read dpkg status: %w", err)
+		return nil, err
 	}
-	if len(data) > maxDpkgStatusBytes {
-		return nil, fmt.Errorf("dpkg status is larger than %d bytes (limit): %w", maxDpkgStatusBytes, api.ErrInvalid)
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s is larger than %d bytes (limit): %w", name, limit, api.ErrInvalid)
 	}
-	return parseDpkgStatus(data), nil
+	return data, nil
 }
 
 func parseDpkgStatus(data []byte) []string {

@@ -163,7 +163,7 @@ func (s *Service) Pull(ctx context.Context, p PullParams) (PullResult, error) {
 		// The bundle is the guest's: bounded in size, and git gets a bounded
 		// time to index it, so a crafted pack cannot keep the host busy.
 		fctx, cancel := context.WithTimeout(ctx, pullFetchTimeout)
-		_, err := g.git(fctx, "fetch", "-q", "--no-write-fetch-head", filepath.Join(tmp, "bundle"), spec)
+		_, err := g.git(fctx, "-c", "transfer.fsckObjects=true", "fetch", "-q", "--no-write-fetch-head", filepath.Join(tmp, "bundle"), spec)
 		cancel()
 		if err != nil {
 			if fctx.Err() == context.DeadlineExceeded {
