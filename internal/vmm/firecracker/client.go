@@ -61,6 +61,18 @@ type Vsock struct {
 	UDSPath  string `json:"uds_path"`
 }
 
+// TokenBucket is Firecracker's rate limiter bucket (size per refill_time ms).
+type TokenBucket struct {
+	Size       int64 `json:"size"`
+	RefillTime int64 `json:"refill_time"`
+}
+
+// SerialDevice configures the guest's serial console output (PUT /serial).
+type SerialDevice struct {
+	SerialOutPath string       `json:"serial_out_path,omitempty"`
+	RateLimiter   *TokenBucket `json:"rate_limiter,omitempty"`
+}
+
 // Action types of PUT /actions.
 const (
 	ActionInstanceStart  = "InstanceStart"
@@ -130,6 +142,10 @@ func (c *Client) PutDrive(ctx context.Context, d Drive) error {
 
 func (c *Client) PutNetworkInterface(ctx context.Context, n NetworkInterface) error {
 	return c.do(ctx, http.MethodPut, "/network-interfaces/"+url.PathEscape(n.IfaceID), n, nil)
+}
+
+func (c *Client) PutSerial(ctx context.Context, sd SerialDevice) error {
+	return c.do(ctx, http.MethodPut, "/serial", sd, nil)
 }
 
 func (c *Client) PutVsock(ctx context.Context, v Vsock) error {

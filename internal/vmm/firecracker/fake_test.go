@@ -28,6 +28,7 @@ type fakeAPI struct {
 	drives   map[string]map[string]any
 	nics     map[string]map[string]any
 	vsock    map[string]any
+	serial   map[string]any
 	running  bool
 	onChange func(*fakeAPI) // called with mu held after every request
 }
@@ -116,6 +117,8 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		f.nics[id] = m
+	case p == "/serial":
+		f.serial = m
 	case p == "/vsock":
 		f.vsock = m
 	default:
@@ -183,6 +186,7 @@ func (f *fakeAPI) stateText() string {
 		line("network-interface "+id, f.nics[id])
 	}
 	line("vsock", f.vsock)
+	line("serial", f.serial)
 	fmt.Fprintf(&b, "running %v\n", f.running)
 	return b.String()
 }
@@ -248,6 +252,17 @@ func fakeFirecrackerMain(args []string) int {
 		return 1
 	}
 	fmt.Println("fake firecracker: api on", sock)
+	if strings.Contains(sock, "/flood/") {
+		// A guest flooding its console, faster than any rate limit.
+		const n = 24 << 20
+		go func() {
+			line := bytes.Repeat([]byte("x"), 1023)
+			for written := 0; written < n; written += len(line) + 1 {
+				os.Stdout.Write(append(line, '\n'))
+			}
+			fmt.Println("flood-end")
+		}()
+	}
 	f := newFakeAPI()
 	f.onChange = func(f *fakeAPI) {
 		var b bytes.Buffer

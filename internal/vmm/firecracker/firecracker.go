@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
@@ -78,6 +79,9 @@ type Driver struct {
 
 	lookPath func(string) (string, error) // seam for tests; nil = system.LookPath
 	procs    vmm.Registry                 // pids started or found, with their identity
+
+	consMu   sync.Mutex
+	consoles map[string]bool // console logs being trimmed
 }
 
 var _ vmm.Driver = (*Driver)(nil)
@@ -170,9 +174,54 @@ func (d *Driver) Start(ctx context.Context, s vmm.Spec) (int, error) {
 	if err := d.bringUpIn(ctx, pid, s, f, f); err != nil {
 		return 0, d.abort(pid, f, s.ID, err)
 	}
+	d.watchConsole(f.console, pid)
 	d.log().Info("firecracker started", "vm", s.ID, "pid", pid,
 		"elapsed_ms", time.Since(started).Milliseconds())
 	return pid, nil
+}
+
+// The console log a guest fills: at most ConsoleMaxBytes plus what
+// ConsoleRateBytes lets through in one check (the latest half is kept).
+const (
+	ConsoleMaxBytes  = 4 << 20
+	ConsoleRateBytes = 256 << 10 // per second
+	consoleCheck     = time.Second
+)
+
+// watchConsole trims the console log of the Firecracker at pid until it
+// exits; once per log file, also for a VM adopted after a daemon restart.
+func (d *Driver) watchConsole(path string, pid int) {
+	d.consMu.Lock()
+	if d.consoles == nil {
+		d.consoles = map[string]bool{}
+	}
+	if d.consoles[path] {
+		d.consMu.Unlock()
+		return
+	}
+	d.consoles[path] = true
+	d.consMu.Unlock()
+	go func() {
+		vmm.WatchLog(path, ConsoleMaxBytes, ConsoleMaxBytes/2, consoleCheck, func() bool { return !vmm.ProcessAlive(pid) })
+		d.consMu.Lock()
+		delete(d.consoles, path)
+		d.consMu.Unlock()
+	}()
+}
+
+// AttachConsole starts trimming the console log of an adopted VM.
+func (d *Driver) AttachConsole(s vmm.Spec) error {
+	pid, ok := d.Find(s)
+	if !ok {
+		return fmt.Errorf("vm %s: no firecracker to attach the console of: %w", s.ID, api.ErrNotRunning)
+	}
+	f := vmFiles(s.Dir)
+	if d.Jailer != nil {
+		// A jailed VM's console sits next to its chroot.
+		return nil
+	}
+	d.watchConsole(f.console, pid)
+	return nil
 }
 
 // abort kills a half-configured VMM: it must not outlive the failed launch.
@@ -214,6 +263,11 @@ func (d *Driver) config(s vmm.Spec, f files) []step {
 	steps := []step{
 		func(ctx context.Context, c *Client) error {
 			return c.PutMachineConfig(ctx, MachineConfiguration{VCPUCount: s.VCPU, MemSizeMiB: s.MemoryMiB})
+		},
+		// The guest writes the console and Firecracker appends it to its
+		// stdout file: rate-limited here, trimmed by watchConsole.
+		func(ctx context.Context, c *Client) error {
+			return c.PutSerial(ctx, SerialDevice{RateLimiter: &TokenBucket{Size: ConsoleRateBytes, RefillTime: 1000}})
 		},
 		func(ctx context.Context, c *Client) error {
 			return c.PutBootSource(ctx, BootSource{

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/system"
 	"github.com/banger-dev/banger/internal/vmm"
 )
@@ -60,6 +61,7 @@ drive d0 {"cache_type":"Writeback","drive_id":"d0","is_read_only":false,"is_root
 drive d1 {"cache_type":"Writeback","drive_id":"d1","is_read_only":true,"is_root_device":false,"path_on_host":"$D/ro.ext4"}
 network-interface n0 {"guest_mac":"02:ba:ac:1e:00:02","host_dev_name":"bgr-abc123","iface_id":"n0"}
 vsock {"guest_cid":3,"uds_path":"$V/fc-vsock.sock"}
+serial {"rate_limiter":{"refill_time":1000,"size":262144}}
 running true
 `
 
@@ -340,5 +342,45 @@ func TestStartDiesEarly(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "exited during start") ||
 		!strings.Contains(err.Error(), "refusing to run (die)") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// A guest flooding its serial console cannot grow the console log past
+// ConsoleMaxBytes for longer than one check: the driver trims it and keeps
+// the latest output (the fake writes far faster than the rate limit the
+// driver configures, so only the trimming bounds it here).
+func TestConsoleFloodIsTrimmed(t *testing.T) {
+	d := fakeDriver(t)
+	dir := filepath.Join(t.TempDir(), "flood") // the fake floods under such a path
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s := testSpec(t, dir, false)
+	killOnCleanup(t, d, s)
+	if _, err := d.Start(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	console := filepath.Join(s.Dir, paths.VMConsoleLog)
+	deadline := time.Now().Add(5 * consoleCheck)
+	for {
+		st, err := os.Stat(console)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tail := vmm.TailFile(console, 64)
+		if st.Size() <= ConsoleMaxBytes && strings.Contains(tail, "flood-end") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("console log %d bytes (cap %d), tail %q", st.Size(), ConsoleMaxBytes, tail)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b, err := os.ReadFile(console)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "[banger: console.log truncated at ") {
+		t.Fatalf("no trim marker in the console log (%d bytes)", len(b))
 	}
 }

@@ -185,5 +185,6 @@ func (d *Driver) startJailed(ctx context.Context, s vmm.Spec) (int, error) {
 	if err := d.bringUpIn(ctx, res.PID, in, host, inJail); err != nil {
 		return 0, d.abort(res.PID, host, s.ID, err)
 	}
+	d.watchConsole(host.console, res.PID)
 	return res.PID, nil
 }

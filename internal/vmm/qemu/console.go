@@ -7,11 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strings"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/banger-dev/banger/internal/logfile"
 	"github.com/banger-dev/banger/internal/vmm"
@@ -120,25 +117,14 @@ func (d *Driver) detachConsole(f files, grace time.Duration) {
 
 // capVMMLog truncates path whenever it grows past VMMLogMax, until done.
 func capVMMLog(path string, done <-chan struct{}) {
-	t := time.NewTicker(vmmLogCheck)
-	defer t.Stop()
-	for {
+	vmm.WatchLog(path, VMMLogMax, 0, vmmLogCheck, func() bool {
 		select {
 		case <-done:
-			return
-		case <-t.C:
+			return true
+		default:
+			return false
 		}
-		st, err := os.Lstat(path)
-		if err != nil || !st.Mode().IsRegular() || st.Size() <= VMMLogMax {
-			continue
-		}
-		// QEMU holds it O_APPEND: after the truncation it writes at 0 again.
-		if fd, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|unix.O_NOFOLLOW, 0); err == nil {
-			_ = fd.Truncate(0)
-			_, _ = fmt.Fprintf(fd, "[banger: vmm.log truncated at %d bytes]\n", st.Size())
-			fd.Close()
-		}
-	}
+	})
 }
 
 // resume attaches the console of a machine QEMU started paused (-S) and
