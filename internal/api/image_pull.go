@@ -16,7 +16,8 @@ type ImagePullParams struct {
 
 // ImagePullResult is the image plus whether the pull changed anything.
 type ImagePullResult struct {
-	Image     Image    `json:"image"`
-	Unchanged bool     `json:"unchanged,omitempty"` // same digest already present: nothing done
-	Skipped   []string `json:"skipped,omitempty"`   // device nodes and FIFOs left out
+	Image        Image    `json:"image"`
+	Unchanged    bool     `json:"unchanged,omitempty"`     // same digest already present: nothing done
+	Skipped      []string `json:"skipped,omitempty"`       // device nodes and FIFOs left out (the first 100)
+	SkippedCount int      `json:"skipped_count,omitempty"` // all of them
 }

@@ -39,8 +39,8 @@ name does nothing. Plain-HTTP registries need --insecure.`,
 			default:
 				fmt.Fprintf(a.stdout, "image %s pulled (%s, %s)\n", img.Name, img.Digest, human(img.SizeBytes))
 			}
-			if len(res.Skipped) > 0 {
-				fmt.Fprintf(a.stdout, "skipped %d device nodes/FIFOs (a guest's /dev comes from devtmpfs)\n", len(res.Skipped))
+			if res.SkippedCount > 0 {
+				fmt.Fprintf(a.stdout, "skipped %d device nodes/FIFOs (a guest's /dev comes from devtmpfs)\n", res.SkippedCount)
 			}
 			if img.FirstBoot {
 				fmt.Fprintln(a.stdout, "no systemd or sshd in the image: its VMs install them at first boot")

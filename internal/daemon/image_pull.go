@@ -59,7 +59,7 @@ func (dm *Daemon) imagePull(ctx context.Context, c *rpc.Call) (any, error) {
 			}
 			return api.ImagePullResult{}, err
 		}
-		return api.ImagePullResult{Image: pulledView(img, res.Info), Unchanged: res.Unchanged, Skipped: res.Skipped}, nil
+		return api.ImagePullResult{Image: pulledView(img, res.Info), Unchanged: res.Unchanged, Skipped: res.Skipped, SkippedCount: res.SkippedCount}, nil
 	})
 }
 

@@ -61,10 +61,14 @@ type FlattenProgress struct {
 }
 
 // FlattenStats summarises a flatten.
+// MaxSkippedListed bounds how many skipped special files are named.
+const MaxSkippedListed = 100
+
 type FlattenStats struct {
 	Layers, Entries int
 	Bytes           int64    // uncompressed tar bytes read
-	Skipped         []string // device nodes and FIFOs left out (see Flatten)
+	Skipped         []string // the first MaxSkippedListed device nodes and FIFOs left out (see Flatten)
+	SkippedCount    int      // all of them
 	// Owners holds each entry's owner, group, full mode and xattrs, which
 	// the staging tree does not carry (see Owners); stamp them into the ext4.
 	Owners *Owners
@@ -321,8 +325,13 @@ func (f *flattener) entry(hdr *tar.Header, r io.Reader) error {
 
 	switch hdr.Typeflag {
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-		f.stats.Skipped = append(f.stats.Skipped, "/"+target)
-		f.log.Warn("image: special file skipped", "entry", hdr.Name, "type", string(hdr.Typeflag))
+		// Counted, but listed and logged only up to a bound: a layer of a
+		// million FIFOs must not become a million log lines or a huge reply.
+		f.stats.SkippedCount++
+		if len(f.stats.Skipped) < MaxSkippedListed {
+			f.stats.Skipped = append(f.stats.Skipped, "/"+target)
+			f.log.Warn("image: special file skipped", "entry", hdr.Name, "type", string(hdr.Typeflag))
+		}
 		return nil
 	// archive/tar already turns the legacy TypeRegA into TypeReg or TypeDir.
 	case tar.TypeDir, tar.TypeReg, tar.TypeGNUSparse, tar.TypeSymlink, tar.TypeLink:

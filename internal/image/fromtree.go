@@ -52,7 +52,7 @@ func (b *Builder) flattenTarFile(ctx context.Context, rootfs, tarPath string) (F
 	if err != nil {
 		return stats, fmt.Errorf("unpack bootstrap tar: %w", err)
 	}
-	b.log().Info("image bootstrap unpacked", "entries", stats.Entries, "bytes", stats.Bytes, "skipped", len(stats.Skipped))
+	b.log().Info("image bootstrap unpacked", "entries", stats.Entries, "bytes", stats.Bytes, "skipped", stats.SkippedCount)
 	return stats, nil
 }
 

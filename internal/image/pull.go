@@ -58,9 +58,10 @@ type PullEvent struct {
 // PullResult is a finished pull. Unchanged means an image of that name with
 // the same digest already existed and nothing was done.
 type PullResult struct {
-	Info      Info
-	Unchanged bool
-	Skipped   []string // special files left out
+	Info         Info
+	Unchanged    bool
+	Skipped      []string // special files left out (the first MaxSkippedListed)
+	SkippedCount int
 }
 
 // Pull fetches the linux/amd64 image Ref names from its registry, flattens
@@ -156,8 +157,8 @@ func (b *Builder) Pull(ctx context.Context, opt PullOptions, progress func(PullE
 			if err != nil {
 				return nil, err
 			}
-			if len(stats.Skipped) > 0 {
-				b.log().Warn("image: special files skipped", "image", imgName, "count", len(stats.Skipped))
+			if stats.SkippedCount > 0 {
+				b.log().Warn("image: special files skipped", "image", imgName, "count", stats.SkippedCount)
 			}
 			b.log().Info("image flattened", "image", imgName, "layers", stats.Layers, "entries", stats.Entries, "bytes", stats.Bytes)
 			return stats.Owners, nil
@@ -173,7 +174,7 @@ func (b *Builder) Pull(ctx context.Context, opt PullOptions, progress func(PullE
 	if err != nil {
 		return PullResult{}, err
 	}
-	return PullResult{Info: info, Skipped: stats.Skipped}, nil
+	return PullResult{Info: info, Skipped: stats.Skipped, SkippedCount: stats.SkippedCount}, nil
 }
 
 // NeedsFirstBoot reports whether a tree lacks systemd or sshd, so its VMs

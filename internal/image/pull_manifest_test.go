@@ -1,8 +1,10 @@
 package image
 
 import (
+	"archive/tar"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -59,5 +61,24 @@ func TestPullRefusesOversizedManifest(t *testing.T) {
 			t.Fatalf("%s: err = %v, want invalid naming %q", c.ref, err, c.want)
 		}
 		assertNothingLeft(t, b)
+	}
+}
+
+// Special files are skipped and counted; only the first MaxSkippedListed are
+// named, so a layer of many FIFOs does not become a huge reply or log.
+func TestPullBoundsSkippedList(t *testing.T) {
+	reg := newRegistry(t)
+	var ents []tent
+	for i := range 3 * MaxSkippedListed {
+		ents = append(ents, tent{name: fmt.Sprintf("run/fifo%d", i), typ: tar.TypeFifo, mode: 0o644})
+	}
+	ref := reg.push(t, "fifos/many", layer(t, ents...))
+	b := pullBuilder(t)
+	res, err := b.Pull(context.Background(), PullOptions{Ref: ref, Insecure: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.SkippedCount != 3*MaxSkippedListed || len(res.Skipped) != MaxSkippedListed {
+		t.Fatalf("skipped count %d, listed %d; want %d and %d", res.SkippedCount, len(res.Skipped), 3*MaxSkippedListed, MaxSkippedListed)
 	}
 }
