@@ -515,3 +515,101 @@ beyond nat: link-local metadata address: blocked`},
 		}
 	}
 }
+
+// sourcePortSeen connects from the guest to the remote, bound to source port
+// sport, and returns the source port the remote saw (0: not reached).
+func (b *boundary) sourcePortSeen(sport int) int {
+	var ln net.Listener
+	b.in(b.remote, func() {
+		var err error
+		ln, err = net.Listen("tcp4", net.JoinHostPort(remotePub, fmt.Sprint(svcPort+1)))
+		must(b.t, err)
+	})
+	defer ln.Close()
+	seen := make(chan int, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		seen <- c.RemoteAddr().(*net.TCPAddr).Port
+		c.Close()
+	}()
+	b.in(b.guest, func() {
+		d := net.Dialer{Timeout: probeWait, LocalAddr: &net.TCPAddr{IP: net.ParseIP(guestIP), Port: sport}}
+		if c, err := d.Dial("tcp4", net.JoinHostPort(remotePub, fmt.Sprint(svcPort+1))); err == nil {
+			c.Close()
+		}
+	})
+	select {
+	case p := <-seen:
+		return p
+	case <-time.After(probeWait):
+		return 0
+	}
+}
+
+// A guest (root in its VM) binding a reserved source port must not lend the
+// host a reserved port beyond NAT.
+func TestMasqueradeUnprivilegedPorts(t *testing.T) {
+	b, fw, _ := newBoundary(t)
+	must(t, fw.Apply(context.Background(),
+		VMNet{ID: "g1", IP: netip.MustParseAddr(guestIP), MAC: b.guestMAC, Tap: "bgr-g1", NAT: true}))
+	if b.sourcePortSeen(0) == 0 {
+		t.Fatal("the remote was not reached through NAT from an ephemeral port")
+	}
+	if p := b.sourcePortSeen(700); p != 0 && p < 1024 {
+		t.Fatalf("the remote saw source port %d for the guest's port 700, want none or >= 1024", p)
+	}
+}
+
+// addRouted joins a new namespace to the host by a veth: host side hostCIDR,
+// namespace side nsCIDR with a default route via the host; returns the namespace.
+func (b *boundary) addRouted(name, hostCIDR, nsCIDR, gw string) netns.NsHandle {
+	t := b.t
+	ns := b.newNS()
+	must(t, netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: "eth0",
+		PeerNamespace: netlink.NsFd(ns)}))
+	addr(t, name, hostCIDR)
+	b.in(ns, func() {
+		up(t, "lo")
+		addr(t, "eth0", nsCIDR)
+		l, _ := netlink.LinkByName("eth0")
+		must(t, netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.ParseIP(gw)}))
+	})
+	return ns
+}
+
+// When banger switches ip_forward on, the host must not start routing
+// between its other interfaces; a host that routed before keeps routing.
+func TestForwardingOnlyForTheBridge(t *testing.T) {
+	b, fw, _ := newBoundary(t)
+	ctx := context.Background()
+	lanA := b.addRouted("lana0", "10.98.1.1/24", "10.98.1.2/24", "10.98.1.1")
+	lanB := b.addRouted("lanb0", "10.98.2.1/24", "10.98.2.2/24", "10.98.2.1")
+	b.in(lanB, func() {
+		ln, err := net.Listen("tcp4", fmt.Sprintf("10.98.2.2:%d", svcPort))
+		must(t, err)
+		t.Cleanup(func() { ln.Close() })
+		go serve(ln)
+	})
+	v := VMNet{ID: "g1", IP: netip.MustParseAddr(guestIP), MAC: b.guestMAC, Tap: "bgr-g1", NAT: true}
+	for _, c := range []struct {
+		before, want string
+	}{{"0", "blocked"}, {"1", "reached"}} {
+		setIPForward(t, c.before)
+		must(t, fw.Apply(ctx, v))
+		if ipForward(t) != "1" {
+			t.Fatal("ip_forward not switched on")
+		}
+		got := map[bool]string{true: "reached", false: "blocked"}[b.dial(lanA, fmt.Sprintf("10.98.2.2:%d", svcPort))]
+		if got != c.want {
+			t.Errorf("ip_forward was %s before banger: routing between two other host interfaces %s, want %s",
+				c.before, got, c.want)
+		}
+		if !b.dial(b.guest, fmt.Sprintf("%s:%d", remotePub, svcPort)) {
+			t.Errorf("ip_forward was %s before banger: the --nat guest lost its way out", c.before)
+		}
+		must(t, fw.Remove(ctx, v.ID, v.Tap))
+	}
+}

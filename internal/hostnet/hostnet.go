@@ -24,7 +24,14 @@ import (
 type Manager struct {
 	Log *slog.Logger
 	Cfg Config
+	// Owner, when set (the helper: its owner's uid), limits which existing
+	// TAPs are touched: open, release and delete act only on a TAP owned by
+	// that uid, and CreateTap re-owns only such a TAP or an unowned one.
+	Owner *int
 }
+
+// unownedTap is the owner the kernel reports for a TAP nobody owns.
+const unownedTap = ^uint32(0)
 
 func (m *Manager) log() *slog.Logger {
 	if m.Log == nil {
@@ -139,6 +146,9 @@ func (m *Manager) CreateTap(ctx context.Context, name string, uid int) error {
 		if !ok || tt.Mode != netlink.TUNTAP_MODE_TAP {
 			return fmt.Errorf("tap %s: interface exists with type %s: %w", name, link.Type(), api.ErrExists)
 		}
+		if err := m.checkTap(tt, br.Attrs().Index, "reuse", true); err != nil {
+			return err
+		}
 		if err := setupTap(name, uid); errors.Is(err, unix.EBUSY) {
 			// A VMM holds it; fine only if it already belongs to uid.
 			if tt.Owner != uint32(uid) {
@@ -224,10 +234,11 @@ func setupTap(name string, uid int) error {
 	return nil
 }
 
-// ownTap looks up a banger TAP by name for verb ("delete", "release"): nil
-// when it does not exist; an interface that is not a TAP is refused, so
-// banger never acts on a link it does not own.
-func ownTap(ctx context.Context, name, verb string) (netlink.Link, error) {
+// ownTap looks up a banger TAP by name for verb ("delete", "release",
+// "open"): nil when it does not exist. An interface that is not a TAP, a TAP
+// of another owner (with m.Owner set) or one enslaved to another bridge is
+// refused, so banger never acts on a link it does not own.
+func (m *Manager) ownTap(ctx context.Context, name, verb string) (netlink.Link, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -241,16 +252,40 @@ func ownTap(ctx context.Context, name, verb string) (netlink.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tap %s: %w", name, err)
 	}
-	if tt, ok := link.(*netlink.Tuntap); !ok || tt.Mode != netlink.TUNTAP_MODE_TAP {
+	tt, ok := link.(*netlink.Tuntap)
+	if !ok || tt.Mode != netlink.TUNTAP_MODE_TAP {
 		return nil, fmt.Errorf("tap %s: refusing to %s a %s: %w", name, verb, link.Type(), api.ErrInvalid)
 	}
+	brIndex := -1
+	if br, err := netlink.LinkByName(m.Cfg.withDefaults().Bridge); err == nil {
+		brIndex = br.Attrs().Index
+	}
+	if err := m.checkTap(tt, brIndex, verb, false); err != nil {
+		return nil, err
+	}
 	return link, nil
+}
+
+// checkTap refuses a TAP enslaved to anything but the bridge (index
+// brIndex) and, with m.Owner set, one owned by another uid (unowned too,
+// unless unownedOK: reuse).
+func (m *Manager) checkTap(tt *netlink.Tuntap, brIndex int, verb string, unownedOK bool) error {
+	name := tt.Attrs().Name
+	if mi := tt.Attrs().MasterIndex; mi != 0 && mi != brIndex {
+		return fmt.Errorf("tap %s: refusing to %s a tap enslaved to interface %d, not bridge %s: %w",
+			name, verb, mi, m.Cfg.withDefaults().Bridge, api.ErrInvalid)
+	}
+	if m.Owner != nil && tt.Owner != uint32(*m.Owner) && !(unownedOK && tt.Owner == unownedTap) {
+		return fmt.Errorf("tap %s: refusing to %s a tap owned by uid %d (this helper serves uid %d): %w",
+			name, verb, int32(tt.Owner), *m.Owner, api.ErrInvalid)
+	}
+	return nil
 }
 
 // DeleteTap removes the TAP; a missing one is success. Interfaces that are
 // not TAPs are left alone.
 func (m *Manager) DeleteTap(ctx context.Context, name string) error {
-	link, err := ownTap(ctx, name, "delete")
+	link, err := m.ownTap(ctx, name, "delete")
 	if err != nil || link == nil {
 		return err
 	}

@@ -29,20 +29,23 @@ import (
 //	  set restore-ip-forward   present only while banger holds ip_forward=1
 //	                     that it switched on (see enableForwarding)
 //	  chain forward     filter hook forward, policy accept
-//	    iifname BR ip saddr VM ip daddr != @nonpublic accept        "banger vm=ID" (--nat)
-//	    iifname BR ip saddr VM ip daddr != 169.254.0.0/16 accept    "banger vm=ID" (--nat --nat-private)
+//	    iifname BR ip saddr VM oifname != BR udp sport < 1024 drop  "banger vm=ID ..." (--nat)
+//	    iifname BR ip saddr VM oifname != BR tcp sport < 1024 drop  "banger vm=ID ..." (--nat)
+//	    iifname BR ip saddr VM ip daddr != @nonpublic accept        "banger vm=ID ..." (--nat)
+//	    iifname BR ip saddr VM ip daddr != 169.254.0.0/16 accept    "banger vm=ID ..." (--nat --nat-private)
 //	    iifname BR oifname BR accept          comment "banger base"  (guest to guest, bridged)
 //	    oifname BR ct state established,related accept               "banger base"
 //	    oifname BR drop                                               "banger base"
 //	    iifname BR drop                                               "banger base"
+//	    iifname != BR oifname != BR drop   "banger owns ip_forward"  (only with restore-ip-forward)
 //	  chain input       filter hook input, policy accept
-//	    iifname BR ip saddr VM ip daddr != 169.254.0.0/16 accept    "banger vm=ID" (--host-access)
+//	    iifname BR ip saddr VM ip daddr != 169.254.0.0/16 accept    "banger vm=ID ..." (--host-access)
 //	    iifname BR ct state established,related accept               "banger base"
 //	    iifname BR ip daddr GW udp dport 53 accept                    "banger base"
 //	    iifname BR ip daddr GW tcp dport 53 accept                    "banger base"
 //	    iifname BR drop                                               "banger base"
 //	  chain postrouting nat hook postrouting (srcnat)
-//	    ip saddr VM oifname != BR masquerade comment "banger vm=ID"
+//	    ip saddr VM oifname != BR masquerade comment "banger vm=ID ..."
 //	table netdev banger
 //	  chain bridge-in   filter hook ingress device BR, policy drop
 //	    ether type ip accept; ether type arp accept                  "banger base"
@@ -61,10 +64,18 @@ import (
 // whatever else reaches the host through the bridge (IPv6 above all), a
 // second wall behind the guards and the bridge's disabled IPv6.
 //
-// Per-VM rules carry the VM id in their comment and are found and deleted by
-// it; the per-TAP chain is named after the TAP (durable in the VM row). When
-// no VM holds a rule any more, both tables are deleted, so an idle host has
-// no banger ruleset at all.
+// A --nat guest's TCP and UDP from a reserved source port (< 1024) is
+// dropped before masquerade: the guest (root in its VM) must not lend the
+// host's address a reserved port (NFS "secure", rsh-style trust). When banger is the one that
+// switched ip_forward on, the forward chain also drops whatever the host
+// would now route between its other interfaces.
+//
+// Per-VM rules carry "banger vm=ID ip=VM tap=TAP" in their comment and are
+// found and deleted by the id; Apply also deletes those of any other id on
+// the same address or TAP, so one address and one TAP carry at most one
+// VM's rules however many ids a caller invents. The per-TAP chain is named
+// after the TAP (durable in the VM row). When no VM holds a rule any more,
+// both tables are deleted, so an idle host has no banger ruleset at all.
 const (
 	TableName     = "banger"
 	chainForward  = "forward"
@@ -76,6 +87,7 @@ const (
 	guardPrefix   = "guard-"
 	tagVMPrefix   = "banger vm="
 	tagBase       = "banger base"
+	tagOwnFwd     = "banger owns ip_forward"
 	ipForwardPath = "/proc/sys/net/ipv4/ip_forward"
 )
 
@@ -219,7 +231,40 @@ func restoreFwdSet(t *nftables.Table) *nftables.Set {
 		Comment: "banger set net.ipv4.ip_forward=1 (it was 0); 0 again when this table goes"}
 }
 
-func vmTag(id string) []byte { return userdata.AppendString(nil, userdata.TypeComment, tagVMPrefix+id) }
+func vmTag(v VMNet) []byte {
+	return userdata.AppendString(nil, userdata.TypeComment,
+		fmt.Sprintf("%s%s ip=%s tap=%s", tagVMPrefix, v.ID, v.IP, v.Tap))
+}
+
+// vmTagged is what a per-VM comment says ("banger vm=ID ip=IP tap=TAP";
+// older releases wrote the id alone).
+type vmTagged struct{ id, ip, tap string }
+
+func parseVMTag(comment string) (vmTagged, bool) {
+	rest, ok := strings.CutPrefix(comment, tagVMPrefix)
+	if !ok {
+		return vmTagged{}, false
+	}
+	f := strings.Fields(rest)
+	if len(f) == 0 {
+		return vmTagged{}, false
+	}
+	t := vmTagged{id: f[0]}
+	for _, kv := range f[1:] {
+		if v, ok := strings.CutPrefix(kv, "ip="); ok {
+			t.ip = v
+		} else if v, ok := strings.CutPrefix(kv, "tap="); ok {
+			t.tap = v
+		}
+	}
+	return t, true
+}
+
+// sameVMSlot reports whether a tagged rule belongs to id, or to any VM on
+// v's address or TAP.
+func (v VMNet) sameVMSlot(t vmTagged) bool {
+	return t.id == v.ID || t.ip == v.IP.String() || t.tap == v.Tap
+}
 
 func ruleComment(r *nftables.Rule) string {
 	s, _ := userdata.GetString(r.UserData, userdata.TypeComment)
@@ -228,7 +273,7 @@ func ruleComment(r *nftables.Rule) string {
 
 func (v VMNet) validate() error {
 	switch {
-	case v.ID == "" || strings.ContainsAny(v.ID, " \"\\\n"):
+	case v.ID == "" || strings.ContainsAny(v.ID, " \"\\\n\t"):
 		return fmt.Errorf("firewall: vm id %q: %w", v.ID, api.ErrInvalid)
 	case !v.IP.Is4():
 		return fmt.Errorf("firewall: vm %s: guest ip %v: want ipv4: %w", v.ID, v.IP, api.ErrInvalid)
@@ -356,6 +401,37 @@ func (f *Firewall) baseRules(t *nftables.Table, chain string) []*nftables.Rule {
 	return out
 }
 
+// ownFwdRule drops what the host would route between interfaces other than
+// the bridge. It exists only while banger holds ip_forward=1 that it switched
+// on (the restore-ip-forward set): a host that routed before keeps routing.
+func (f *Firewall) ownFwdRule(t *nftables.Table) *nftables.Rule {
+	br := ifname(f.Cfg.withDefaults().Bridge)
+	return &nftables.Rule{Table: t, Chain: forwardChain(t),
+		UserData: userdata.AppendString(nil, userdata.TypeComment, tagOwnFwd),
+		Exprs: join(metaCmp(expr.MetaKeyIIFNAME, expr.CmpOpNeq, br), metaCmp(expr.MetaKeyOIFNAME, expr.CmpOpNeq, br),
+			[]expr.Any{verdict(expr.VerdictDrop)})}
+}
+
+// lowPortDrops drop the guest's TCP and UDP from a reserved source port
+// (< 1024) on its way beyond the bridge. Masquerade keeps the source port
+// when it can, and even remapped it stays below 1024 unless the range is
+// flagged NF_NAT_RANGE_PROTO_SPECIFIED, which google/nftables' Masq cannot
+// send (its "to :1024-65535" lists the same in nft but the kernel keeps the
+// port): so a reserved port is refused rather than lent to the host.
+func lowPortDrops(t *nftables.Table, br, ip, tag []byte) []*nftables.Rule {
+	var out []*nftables.Rule
+	for _, proto := range []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
+		out = append(out, &nftables.Rule{Table: t, Chain: forwardChain(t), UserData: tag, Exprs: join(
+			metaCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, br),
+			payloadCmp(expr.PayloadBaseNetworkHeader, 12, 4, expr.CmpOpEq, ip),
+			metaCmp(expr.MetaKeyOIFNAME, expr.CmpOpNeq, br), // guest to guest keeps its ports
+			metaCmp(expr.MetaKeyL4PROTO, expr.CmpOpEq, []byte{proto}),
+			payloadCmp(expr.PayloadBaseTransportHeader, 0, 2, expr.CmpOpLt, []byte{1024 >> 8, 1024 & 0xff}),
+			[]expr.Any{verdict(expr.VerdictDrop)})})
+	}
+	return out
+}
+
 // guardRules is the TAP's allowlist.
 func guardRules(t *nftables.Table, g *nftables.Chain, v VMNet) []*nftables.Rule {
 	mac, ip := []byte(v.MAC), v.IP.AsSlice()
@@ -363,7 +439,7 @@ func guardRules(t *nftables.Table, g *nftables.Chain, v VMNet) []*nftables.Rule 
 	nh := func(off, n uint32, data []byte) []expr.Any {
 		return payloadCmp(expr.PayloadBaseNetworkHeader, off, n, expr.CmpOpEq, data)
 	}
-	tag := vmTag(v.ID)
+	tag := vmTag(v)
 	return []*nftables.Rule{
 		{Table: t, Chain: g, UserData: tag, Exprs: join(fromMAC, etherType(ethIP), nh(12, 4, ip),
 			[]expr.Any{verdict(expr.VerdictAccept)})},
@@ -402,9 +478,10 @@ func (f *Firewall) ensureBaseLocked(c *nftables.Conn) error {
 	if err != nil {
 		return fmt.Errorf("firewall: list sets: %w", err)
 	}
-	haveSet := false
+	haveSet, ownFwd := false, false
 	for _, st := range sets {
 		haveSet = haveSet || st.Name == setNonPublic
+		ownFwd = ownFwd || st.Name == setRestoreFwd
 	}
 	if !haveSet {
 		if err := c.AddSet(nonPublicSet(it), nonPublicElems()); err != nil {
@@ -419,14 +496,19 @@ func (f *Firewall) ensureBaseLocked(c *nftables.Conn) error {
 		if err != nil {
 			return fmt.Errorf("firewall: list %s rules: %w", ch.name, err)
 		}
-		have := false
+		have, haveOwnFwd := false, false
 		for _, r := range rules {
 			have = have || ruleComment(r) == tagBase
+			haveOwnFwd = haveOwnFwd || ruleComment(r) == tagOwnFwd
 		}
 		if !have {
 			for _, r := range f.baseRules(ch.t, ch.name) {
 				c.AddRule(r)
 			}
+		}
+		// A table from a release without the rule gains it.
+		if ch.name == chainForward && ownFwd && !haveOwnFwd {
+			c.AddRule(f.ownFwdRule(it))
 		}
 	}
 	if err := c.Flush(); err != nil {
@@ -459,12 +541,17 @@ func (f *Firewall) Apply(ctx context.Context, v VMNet) error {
 		return err
 	}
 	it, nt := ipTable(), netdevTable()
-	if _, err := f.delTaggedLocked(c, v.ID); err != nil {
+	// The VM's previous rules, and those of any other id on its address or
+	// TAP: however many ids a caller invents, one slot keeps one VM's rules.
+	if _, err := f.delTaggedLocked(c, v.sameVMSlot); err != nil {
+		return err
+	}
+	if err := f.delOtherGuardsLocked(c, v); err != nil {
 		return err
 	}
 	br := ifname(f.Cfg.withDefaults().Bridge)
 	ip := v.IP.AsSlice()
-	tag := vmTag(v.ID)
+	tag := vmTag(v)
 	g := c.AddChain(guardChain(nt, v.Tap))
 	c.FlushChain(g)
 	for _, r := range guardRules(nt, g, v) {
@@ -486,6 +573,9 @@ func (f *Firewall) Apply(ctx context.Context, v VMNet) error {
 			}
 		}
 		c.InsertRule(&nftables.Rule{Table: it, Chain: forwardChain(it), UserData: tag, Exprs: join(fromVM, dst, accept)})
+		for _, r := range lowPortDrops(it, br, ip, tag) { // above the accept
+			c.InsertRule(r)
+		}
 		c.AddRule(&nftables.Rule{Table: it, Chain: postNATChain(it), UserData: tag, Exprs: join(
 			payloadCmp(expr.PayloadBaseNetworkHeader, 12, 4, expr.CmpOpEq, ip),
 			metaCmp(expr.MetaKeyOIFNAME, expr.CmpOpNeq, br),
@@ -520,11 +610,24 @@ func (f *Firewall) enableForwardingLocked(c *nftables.Conn) error {
 	if strings.TrimSpace(string(b)) == "1" {
 		return nil
 	}
-	if err := c.AddSet(restoreFwdSet(ipTable()), nil); err != nil {
-		return fmt.Errorf("firewall: record ip_forward: %w", err)
+	sets, err := c.GetSets(ipTable())
+	if err != nil {
+		return fmt.Errorf("firewall: list sets: %w", err)
 	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("firewall: record ip_forward: %w", err)
+	recorded := false
+	for _, st := range sets {
+		recorded = recorded || st.Name == setRestoreFwd
+	}
+	// Already recorded (switched off behind banger's back): the set and
+	// its drop rule are there (ensureBaseLocked), so none is added twice.
+	if !recorded {
+		if err := c.AddSet(restoreFwdSet(ipTable()), nil); err != nil {
+			return fmt.Errorf("firewall: record ip_forward: %w", err)
+		}
+		c.AddRule(f.ownFwdRule(ipTable()))
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("firewall: record ip_forward: %w", err)
+		}
 	}
 	if err := os.WriteFile(ipForwardPath, []byte("1\n"), 0o644); err != nil {
 		return fmt.Errorf("firewall: enable ipv4 forwarding: %w", err)
@@ -586,9 +689,9 @@ func (f *Firewall) Prune(ctx context.Context, keep map[string]string) error {
 			return fmt.Errorf("firewall: list %s: %w", ch.Name, err)
 		}
 		for _, r := range rules {
-			if id, ok := strings.CutPrefix(ruleComment(r), tagVMPrefix); ok {
-				if _, k := keep[id]; !k {
-					ids[id] = true
+			if t, ok := parseVMTag(ruleComment(r)); ok {
+				if _, k := keep[t.id]; !k {
+					ids[t.id] = true
 				}
 			}
 		}
@@ -627,11 +730,10 @@ func (f *Firewall) Prune(ctx context.Context, keep map[string]string) error {
 
 func isNoEnt(err error) bool { return err != nil && errors.Is(err, unix.ENOENT) }
 
-// delTaggedLocked queues the deletion of every ip-table rule tagged with the
-// VM's id on c (not flushed) and returns how many.
-func (f *Firewall) delTaggedLocked(c *nftables.Conn, id string) (int, error) {
+// delTaggedLocked queues the deletion of every ip-table rule whose VM tag
+// matches on c (not flushed) and returns how many.
+func (f *Firewall) delTaggedLocked(c *nftables.Conn, match func(vmTagged) bool) (int, error) {
 	it := ipTable()
-	want := tagVMPrefix + id
 	n := 0
 	for _, ch := range ipChains(it) {
 		rules, err := c.GetRules(it, ch)
@@ -642,7 +744,7 @@ func (f *Firewall) delTaggedLocked(c *nftables.Conn, id string) (int, error) {
 			return n, fmt.Errorf("firewall: list %s: %w", ch.Name, err)
 		}
 		for _, r := range rules {
-			if ruleComment(r) == want {
+			if t, ok := parseVMTag(ruleComment(r)); ok && match(t) {
 				if err := c.DelRule(r); err != nil {
 					return n, fmt.Errorf("firewall: delete rule: %w", err)
 				}
@@ -651,6 +753,35 @@ func (f *Firewall) delTaggedLocked(c *nftables.Conn, id string) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// delOtherGuardsLocked queues the deletion of the guard chains on other TAPs
+// that allow v's address or belong to v's id (not flushed).
+func (f *Firewall) delOtherGuardsLocked(c *nftables.Conn, v VMNet) error {
+	nt := netdevTable()
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyNetdev)
+	if err != nil && !isNoEnt(err) {
+		return fmt.Errorf("firewall: list netdev chains: %w", err)
+	}
+	for _, ch := range chains {
+		tap, ok := strings.CutPrefix(ch.Name, guardPrefix)
+		if ch.Table.Name != TableName || !ok || tap == v.Tap {
+			continue
+		}
+		rules, err := c.GetRules(nt, &nftables.Chain{Name: ch.Name, Table: nt})
+		if err != nil {
+			return fmt.Errorf("firewall: list %s: %w", ch.Name, err)
+		}
+		for _, r := range rules {
+			if t, ok := parseVMTag(ruleComment(r)); ok && v.sameVMSlot(t) {
+				g := guardChain(nt, tap)
+				c.FlushChain(g)
+				c.DelChain(g)
+				break
+			}
+		}
+	}
+	return nil
 }
 
 // removeLocked deletes the VM's tagged rules (id != "") and the TAP's guard
@@ -662,7 +793,7 @@ func (f *Firewall) removeLocked(id, tap string, dropEmpty bool) error {
 	}
 	n := 0
 	if id != "" {
-		if n, err = f.delTaggedLocked(c, id); err != nil {
+		if n, err = f.delTaggedLocked(c, func(t vmTagged) bool { return t.id == id }); err != nil {
 			return err
 		}
 	}

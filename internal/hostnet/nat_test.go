@@ -82,12 +82,13 @@ func ipForward(t *testing.T) string {
 // wantRuleset is the full ruleset with bgtest0/10.77.0.0/24: the base sets,
 // chains and rules every non-empty ruleset has, plus the per-VM parts.
 func wantRuleset(restoreSet bool, forward, input, post, guards string) string {
-	set := ""
+	set, ownFwd := "", ""
 	if restoreSet {
 		set = `set restore-ip-forward {
 type ipv4_addr
 comment "banger set net.ipv4.ip_forward=1 (it was 0); 0 again when this table goes"
 }`
+		ownFwd = `iifname != "bgtest0" oifname != "bgtest0" drop comment "banger owns ip_forward"`
 	}
 	return normalize(fmt.Sprintf(`
 table ip banger {
@@ -107,6 +108,7 @@ iifname "bgtest0" oifname "bgtest0" accept comment "banger base"
 oifname "bgtest0" ct state established,related accept comment "banger base"
 oifname "bgtest0" drop comment "banger base"
 iifname "bgtest0" drop comment "banger base"
+%s
 }
 chain input {
 type filter hook input priority filter; policy accept;
@@ -128,15 +130,25 @@ ether type ip accept comment "banger base"
 ether type arp accept comment "banger base"
 }
 %s
-}`, set, forward, input, post, guards))
+}`, set, forward, ownFwd, input, post, guards))
+}
+
+// natFwd is a --nat guest's forward rules: its reserved source ports
+// dropped, then the accept to dst ("@nonpublic" or a prefix).
+func natFwd(id, dst string) string {
+	ip, tap := map[string]string{"aaa": "10.77.0.2", "bbb": "10.77.0.3", "ccc": "10.77.0.4"}[id], "bgr-"+id
+	tag := fmt.Sprintf("banger vm=%s ip=%s tap=%s", id, ip, tap)
+	return fmt.Sprintf(`iifname "bgtest0" ip saddr %[1]s oifname != "bgtest0" udp sport < 1024 drop comment "%[3]s"
+iifname "bgtest0" ip saddr %[1]s oifname != "bgtest0" tcp sport < 1024 drop comment "%[3]s"
+iifname "bgtest0" ip saddr %[1]s ip daddr != %[2]s accept comment "%[3]s"`, ip, dst, tag)
 }
 
 func guardText(id, ip, tap string) string {
 	mac := MACForIP(netip.MustParseAddr(ip))
 	return fmt.Sprintf(`chain guard-%[3]s {
 type filter hook ingress device "%[3]s" priority filter; policy drop;
-ether saddr %[4]s ip saddr %[2]s accept comment "banger vm=%[1]s"
-ether saddr %[4]s arp htype 1 arp ptype ip arp hlen 6 arp plen 4 arp saddr ether %[4]s arp saddr ip %[2]s accept comment "banger vm=%[1]s"
+ether saddr %[4]s ip saddr %[2]s accept comment "banger vm=%[1]s ip=%[2]s tap=%[3]s"
+ether saddr %[4]s arp htype 1 arp ptype ip arp hlen 6 arp plen 4 arp saddr ether %[4]s arp saddr ip %[2]s accept comment "banger vm=%[1]s ip=%[2]s tap=%[3]s"
 }`, id, ip, tap, mac)
 }
 
@@ -170,11 +182,10 @@ func TestFirewallApplyRemove(t *testing.T) {
 	guards := guardText("aaa", "10.77.0.2", "bgr-aaa") + "\n" + guardText("bbb", "10.77.0.3", "bgr-bbb") + "\n" +
 		guardText("ccc", "10.77.0.4", "bgr-ccc")
 	check("with three vms", wantRuleset(true,
-		`iifname "bgtest0" ip saddr 10.77.0.4 ip daddr != 169.254.0.0/16 accept comment "banger vm=ccc"
-iifname "bgtest0" ip saddr 10.77.0.2 ip daddr != @nonpublic accept comment "banger vm=aaa"`,
-		`iifname "bgtest0" ip saddr 10.77.0.4 ip daddr != 169.254.0.0/16 accept comment "banger vm=ccc"`,
-		`ip saddr 10.77.0.2 oifname != "bgtest0" masquerade comment "banger vm=aaa"
-ip saddr 10.77.0.4 oifname != "bgtest0" masquerade comment "banger vm=ccc"`, guards))
+		natFwd("ccc", "169.254.0.0/16")+"\n"+natFwd("aaa", "@nonpublic"),
+		`iifname "bgtest0" ip saddr 10.77.0.4 ip daddr != 169.254.0.0/16 accept comment "banger vm=ccc ip=10.77.0.4 tap=bgr-ccc"`,
+		`ip saddr 10.77.0.2 oifname != "bgtest0" masquerade comment "banger vm=aaa ip=10.77.0.2 tap=bgr-aaa"
+ip saddr 10.77.0.4 oifname != "bgtest0" masquerade comment "banger vm=ccc ip=10.77.0.4 tap=bgr-ccc"`, guards))
 	if got := ipForward(t); got != "1" {
 		t.Errorf("ip_forward = %s, want 1", got)
 	}
@@ -185,9 +196,9 @@ ip saddr 10.77.0.4 oifname != "bgtest0" masquerade comment "banger vm=ccc"`, gua
 		t.Fatal(err)
 	}
 	check("after nat off for aaa", wantRuleset(true,
-		`iifname "bgtest0" ip saddr 10.77.0.4 ip daddr != 169.254.0.0/16 accept comment "banger vm=ccc"`,
-		`iifname "bgtest0" ip saddr 10.77.0.4 ip daddr != 169.254.0.0/16 accept comment "banger vm=ccc"`,
-		`ip saddr 10.77.0.4 oifname != "bgtest0" masquerade comment "banger vm=ccc"`, guards))
+		natFwd("ccc", "169.254.0.0/16"),
+		`iifname "bgtest0" ip saddr 10.77.0.4 ip daddr != 169.254.0.0/16 accept comment "banger vm=ccc ip=10.77.0.4 tap=bgr-ccc"`,
+		`ip saddr 10.77.0.4 oifname != "bgtest0" masquerade comment "banger vm=ccc ip=10.77.0.4 tap=bgr-ccc"`, guards))
 	if err := fw.Remove(ctx, "aaa", "bgr-aaa"); err != nil {
 		t.Fatal(err)
 	}
@@ -197,8 +208,8 @@ ip saddr 10.77.0.4 oifname != "bgtest0" masquerade comment "banger vm=ccc"`, gua
 		t.Fatal(err)
 	}
 	check("after removing aaa and ccc's opt-ins", wantRuleset(true,
-		`iifname "bgtest0" ip saddr 10.77.0.4 ip daddr != @nonpublic accept comment "banger vm=ccc"`, ``,
-		`ip saddr 10.77.0.4 oifname != "bgtest0" masquerade comment "banger vm=ccc"`,
+		natFwd("ccc", "@nonpublic"), ``,
+		`ip saddr 10.77.0.4 oifname != "bgtest0" masquerade comment "banger vm=ccc ip=10.77.0.4 tap=bgr-ccc"`,
 		guardText("bbb", "10.77.0.3", "bgr-bbb")+"\n"+guardText("ccc", "10.77.0.4", "bgr-ccc")))
 	if err := fw.Remove(ctx, "ccc", "bgr-ccc"); err != nil {
 		t.Fatal(err)
@@ -239,8 +250,8 @@ func TestFirewallKeepsForwardingItDidNotSet(t *testing.T) {
 	if err := fw.Apply(ctx, vmNet("aaa", "10.77.0.2", "bgr-aaa", true)); err != nil {
 		t.Fatal(err)
 	}
-	want := wantRuleset(false, `iifname "bgtest0" ip saddr 10.77.0.2 ip daddr != @nonpublic accept comment "banger vm=aaa"`, ``,
-		`ip saddr 10.77.0.2 oifname != "bgtest0" masquerade comment "banger vm=aaa"`, guardText("aaa", "10.77.0.2", "bgr-aaa"))
+	want := wantRuleset(false, natFwd("aaa", "@nonpublic"), ``,
+		`ip saddr 10.77.0.2 oifname != "bgtest0" masquerade comment "banger vm=aaa ip=10.77.0.2 tap=bgr-aaa"`, guardText("aaa", "10.77.0.2", "bgr-aaa"))
 	if got := normalize(nftRuleset(t)); got != want {
 		t.Fatalf("ruleset:\n%s\nwant:\n%s", got, want)
 	}
@@ -271,8 +282,8 @@ func TestFirewallPrune(t *testing.T) {
 	if err := fw.Prune(ctx, map[string]string{"bbb": "bgr-bbb"}); err != nil {
 		t.Fatal(err)
 	}
-	want := wantRuleset(true, `iifname "bgtest0" ip saddr 10.77.0.3 ip daddr != @nonpublic accept comment "banger vm=bbb"`, ``,
-		`ip saddr 10.77.0.3 oifname != "bgtest0" masquerade comment "banger vm=bbb"`, guardText("bbb", "10.77.0.3", "bgr-bbb"))
+	want := wantRuleset(true, natFwd("bbb", "@nonpublic"), ``,
+		`ip saddr 10.77.0.3 oifname != "bgtest0" masquerade comment "banger vm=bbb ip=10.77.0.3 tap=bgr-bbb"`, guardText("bbb", "10.77.0.3", "bgr-bbb"))
 	if got := normalize(nftRuleset(t)); got != want {
 		t.Fatalf("after prune:\n%s\nwant:\n%s", got, want)
 	}
@@ -302,5 +313,97 @@ func TestFirewallValidates(t *testing.T) {
 	}
 	if err := fw.Remove(ctx, "a", "eth0"); err == nil {
 		t.Error("Remove with a foreign interface name accepted")
+	}
+}
+
+// One address and one TAP carry at most one VM's rules: ids invented per
+// call (the helper accepts any well-formed id) replace, never accumulate.
+func TestFirewallOneVMPerAddressAndTap(t *testing.T) {
+	fw, m := testFirewall(t)
+	ctx := context.Background()
+	setIPForward(t, "1")
+	for _, tap := range []string{"bgr-aaa", "bgr-bbb"} {
+		if err := m.CreateTap(ctx, tap, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 50; i++ {
+		v := vmNet(fmt.Sprintf("x%03d", i), "10.77.0.2", "bgr-aaa", true)
+		v.HostAccess = true
+		if err := fw.Apply(ctx, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The same address on another TAP, then another address on that TAP:
+	// each time the previous holder's rules and guard chain go.
+	if err := fw.Apply(ctx, vmNet("y000", "10.77.0.2", "bgr-bbb", true)); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Apply(ctx, vmNet("aaa", "10.77.0.3", "bgr-bbb", true)); err != nil {
+		t.Fatal(err)
+	}
+	tag := `"banger vm=aaa ip=10.77.0.3 tap=bgr-bbb"`
+	want := wantRuleset(false, `iifname "bgtest0" ip saddr 10.77.0.3 oifname != "bgtest0" udp sport < 1024 drop comment `+tag+`
+iifname "bgtest0" ip saddr 10.77.0.3 oifname != "bgtest0" tcp sport < 1024 drop comment `+tag+`
+iifname "bgtest0" ip saddr 10.77.0.3 ip daddr != @nonpublic accept comment `+tag, ``,
+		`ip saddr 10.77.0.3 oifname != "bgtest0" masquerade comment `+tag, guardText("aaa", "10.77.0.3", "bgr-bbb"))
+	if got := normalize(nftRuleset(t)); got != want {
+		t.Fatalf("ruleset after 52 applies with distinct ids:\n%s\nwant:\n%s", got, want)
+	}
+	if err := fw.Remove(ctx, "aaa", "bgr-bbb"); err != nil {
+		t.Fatal(err)
+	}
+	if got := nftRuleset(t); got != "" {
+		t.Fatalf("ruleset after removing the one VM left:\n%s", got)
+	}
+}
+
+// The "banger owns ip_forward" drop exists exactly once while the
+// restore-ip-forward set does: not doubled when forwarding was switched off
+// behind banger's back, and added to a table from a release without it.
+func TestFirewallOwnForwardingRuleOnce(t *testing.T) {
+	fw, m := testFirewall(t)
+	ctx := context.Background()
+	setIPForward(t, "0")
+	for _, tap := range []string{"bgr-aaa", "bgr-bbb"} {
+		if err := m.CreateTap(ctx, tap, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func() int { return strings.Count(nftRuleset(t), `comment "banger owns ip_forward"`) }
+	if err := fw.Apply(ctx, vmNet("aaa", "10.77.0.2", "bgr-aaa", true)); err != nil {
+		t.Fatal(err)
+	}
+	setIPForward(t, "0")
+	if err := fw.Apply(ctx, vmNet("bbb", "10.77.0.3", "bgr-bbb", true)); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(); n != 1 || ipForward(t) != "1" {
+		t.Fatalf("after forwarding was switched off and on again: %d drop rules, ip_forward %s", n, ipForward(t))
+	}
+	// An older release's table: the set without the rule.
+	c, err := fw.conn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules, err := c.GetRules(ipTable(), forwardChain(ipTable()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rules {
+		if ruleComment(r) == tagOwnFwd {
+			if err := c.DelRule(r); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Apply(ctx, vmNet("aaa", "10.77.0.2", "bgr-aaa", true)); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(); n != 1 {
+		t.Fatalf("table with the set but without the rule: %d drop rules after Apply, want 1", n)
 	}
 }

@@ -66,7 +66,7 @@ func (m *Manager) PoolTaps(ctx context.Context) ([]string, error) {
 // down, which also drops the bridge's learned addresses for that port. A
 // missing TAP is success; an interface that is not a TAP is left alone.
 func (m *Manager) ReleaseTap(ctx context.Context, name string) error {
-	link, err := ownTap(ctx, name, "release")
+	link, err := m.ownTap(ctx, name, "release")
 	if err != nil || link == nil {
 		return err
 	}

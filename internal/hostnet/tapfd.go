@@ -16,13 +16,21 @@ import (
 // tap,fd=N) and needs no privilege itself. A missing TAP is ErrNotFound:
 // TUNSETIFF would otherwise create a new, non-persistent one.
 func (m *Manager) OpenTap(ctx context.Context, name string) (*os.File, error) {
-	link, err := ownTap(ctx, name, "open")
+	link, err := m.ownTap(ctx, name, "open")
 	if err != nil {
 		return nil, err
 	}
 	if link == nil {
 		return nil, fmt.Errorf("tap %s: %w", name, api.ErrNotFound)
 	}
+	return attachTap(name)
+}
+
+// attachTap opens a queue of the persistent TAP name. TUNSETIFF attaches by
+// name and, as root, creates a fresh non-persistent TAP when the name is
+// gone (a delete racing the lookup): the flags read back tell, and such a
+// device is closed (which removes it) and reported as ErrNotFound.
+func attachTap(name string) (*os.File, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("tap %s: open /dev/net/tun: %w", name, err)
@@ -36,6 +44,18 @@ func (m *Manager) OpenTap(ctx context.Context, name string) (*os.File, error) {
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("tap %s: TUNSETIFF: %w", name, err)
+	}
+	got, err := unix.NewIfreq(name)
+	if err == nil {
+		err = unix.IoctlIfreq(fd, unix.TUNGETIFF, got)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tap %s: TUNGETIFF: %w", name, err)
+	}
+	if f := got.Uint16(); f&unix.IFF_PERSIST == 0 || f&(unix.IFF_TAP|unix.IFF_TUN) != unix.IFF_TAP {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tap %s: not a persistent tap (gone before attaching): %w", name, api.ErrNotFound)
 	}
 	return os.NewFile(uintptr(fd), "tap:"+name), nil
 }

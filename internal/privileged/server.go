@@ -121,11 +121,15 @@ func (s *Server) ServeConn(ctx context.Context, conn *net.UnixConn) {
 			attrs = append(attrs, "refused", true)
 		}
 		s.log.WarnContext(cctx, "helper rpc failed", append(attrs, "reason", err.Error())...)
-		files = nil
 	} else {
 		s.log.InfoContext(cctx, "helper rpc completed", attrs...)
 	}
-	if werr := writeReply(conn, rep, files); werr != nil {
+	// What is sent, not files: the deferred close must still see every fd.
+	sent := files
+	if rep.Error != nil {
+		sent = nil
+	}
+	if werr := writeReply(conn, rep, sent); werr != nil {
 		s.log.WarnContext(cctx, "helper reply", "op", req.Op, "err", werr)
 	}
 }
