@@ -121,6 +121,9 @@ func run() error {
 	}
 	netCfg := hostnet.Config{Bridge: *bridge, Subnet: prefix}
 	priv := newPrivileged(log, runner, netCfg, *helper)
+	if local, ok := priv.(*privileged.Local); ok {
+		go local.FW.Watch(ctx, firewallWatchEvery) // a flushed ruleset is put back within seconds
+	}
 	signer, err := guest.EnsureClientKey(layout.ClientKey())
 	if err != nil {
 		return err

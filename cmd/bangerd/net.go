@@ -22,6 +22,10 @@ var (
 		"forward names outside .vm to this resolver host:port (env BANGER_DNS_UPSTREAM; default: refuse them)")
 )
 
+// firewallWatchEvery is how often the in-process firewall checks that its
+// chains survived a host's `nft flush ruleset`.
+const firewallWatchEvery = 5 * time.Second
+
 // newPrivileged picks the one Privileged the daemon talks to: the helper's
 // socket when one is named or when bangerd is not root, else in-process
 // (the all-in-one mode). Nothing is dialled here: a daemon that only

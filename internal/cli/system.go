@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -83,7 +84,8 @@ func (a *app) systemHelperCmd() *cobra.Command {
 			}
 			defer ln.Close()
 			local := privileged.NewLocal(log, system.Exec{}, cfg)
-			local.Net.Owner = &uid // only the owner's TAPs are opened, released, deleted or reused
+			local.Net.Owner = &uid                // only the owner's TAPs are opened, released, deleted or reused
+			go local.FW.Watch(ctx, 5*time.Second) // a host's `nft flush ruleset` is undone within seconds
 			srv := privileged.NewServer(log, privileged.Rules{Subnet: prefix, Owner: uid}, local)
 			if fp := os.Getenv(envHelperFailpoint); fp != "" {
 				op, ok := strings.CutPrefix(fp, "kill-before:")

@@ -9,8 +9,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -134,6 +136,12 @@ type Firewall struct {
 	NetNSFd int
 
 	mu sync.Mutex
+	// applied are the VMs whose rules this process put in place, for Watch
+	// to put back when someone else's `nft flush ruleset` removed them.
+	applied map[string]VMNet
+	// ownsForward: this process (or the record it found) switched
+	// ip_forward on, so a lost record is put back rather than forgotten.
+	ownsForward bool
 }
 
 func (f *Firewall) log() *slog.Logger {
@@ -593,6 +601,15 @@ func (f *Firewall) Apply(ctx context.Context, v VMNet) error {
 			return err
 		}
 	}
+	if f.applied == nil {
+		f.applied = map[string]VMNet{}
+	}
+	for id, w := range f.applied {
+		if id != v.ID && (w.IP == v.IP || w.Tap == v.Tap) {
+			delete(f.applied, id) // its rules went with the slot
+		}
+	}
+	f.applied[v.ID] = v
 	f.log().InfoContext(ctx, "firewall rules applied", "vm", v.ID, "tap", v.Tap, "ip", v.IP, "nat", v.NAT,
 		"nat_private", v.NATPrivate, "host_access", v.HostAccess)
 	return nil
@@ -607,9 +624,6 @@ func (f *Firewall) enableForwardingLocked(c *nftables.Conn) error {
 	if err != nil {
 		return fmt.Errorf("firewall: read ipv4 forwarding: %w", err)
 	}
-	if strings.TrimSpace(string(b)) == "1" {
-		return nil
-	}
 	sets, err := c.GetSets(ipTable())
 	if err != nil {
 		return fmt.Errorf("firewall: list sets: %w", err)
@@ -617,6 +631,23 @@ func (f *Firewall) enableForwardingLocked(c *nftables.Conn) error {
 	recorded := false
 	for _, st := range sets {
 		recorded = recorded || st.Name == setRestoreFwd
+	}
+	if recorded {
+		f.ownsForward = true // also for a daemon that restarted
+	}
+	if strings.TrimSpace(string(b)) == "1" {
+		if f.ownsForward && !recorded {
+			// banger turned it on and a `flush ruleset` took the record:
+			// put it back, or forwarding would stay on for good.
+			if err := c.AddSet(restoreFwdSet(ipTable()), nil); err != nil {
+				return fmt.Errorf("firewall: record ip_forward: %w", err)
+			}
+			c.AddRule(f.ownFwdRule(ipTable()))
+			if err := c.Flush(); err != nil {
+				return fmt.Errorf("firewall: record ip_forward: %w", err)
+			}
+		}
+		return nil
 	}
 	// Already recorded (switched off behind banger's back): the set and
 	// its drop rule are there (ensureBaseLocked), so none is added twice.
@@ -632,6 +663,7 @@ func (f *Firewall) enableForwardingLocked(c *nftables.Conn) error {
 	if err := os.WriteFile(ipForwardPath, []byte("1\n"), 0o644); err != nil {
 		return fmt.Errorf("firewall: enable ipv4 forwarding: %w", err)
 	}
+	f.ownsForward = true
 	f.log().Info("firewall: ipv4 forwarding enabled (was off; restored when the last vm rule goes)")
 	return nil
 }
@@ -656,6 +688,7 @@ func (f *Firewall) Remove(ctx context.Context, id, tap string) error {
 	if err := f.removeLocked(id, tap, true); err != nil {
 		return err
 	}
+	delete(f.applied, id)
 	f.log().InfoContext(ctx, "firewall rules removed", "vm", id, "tap", tap)
 	return nil
 }
@@ -676,6 +709,11 @@ func (f *Firewall) Prune(ctx context.Context, keep map[string]string) error {
 	keepTap := map[string]bool{}
 	for _, t := range keep {
 		keepTap[t] = true
+	}
+	for id := range f.applied {
+		if _, k := keep[id]; !k {
+			delete(f.applied, id)
+		}
 	}
 	ids := map[string]bool{}
 	taps := map[string]bool{}
@@ -895,7 +933,72 @@ func (f *Firewall) restoreForwardingLocked(c *nftables.Conn) error {
 		if err := os.WriteFile(ipForwardPath, []byte("0\n"), 0o644); err != nil {
 			return fmt.Errorf("firewall: restore ipv4 forwarding: %w", err)
 		}
+		f.ownsForward = false
 		f.log().Info("firewall: ipv4 forwarding restored to off")
 	}
 	return nil
+}
+
+// Watch puts back, every interval until ctx ends, the rules of the VMs this
+// process applied when their tables or guard chains are gone: a host's
+// `nft -f /etc/nftables.conf` starts with `flush ruleset`, which would
+// otherwise leave running guests unguarded until the next daemon start.
+// It checks only that banger's chains exist (two netlink dumps a tick).
+func (f *Firewall) Watch(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		missing, err := f.missing()
+		if err != nil {
+			f.log().Warn("firewall watch: list rules", "err", err)
+			continue
+		}
+		for _, v := range missing {
+			if err := f.Apply(ctx, v); err != nil {
+				f.log().Error("firewall watch: re-apply failed; the guest is unguarded", "vm", v.ID, "tap", v.Tap, "err", err)
+				continue
+			}
+			f.log().Warn("firewall watch: rules were missing (ruleset flushed?); re-applied", "vm", v.ID, "tap", v.Tap)
+		}
+	}
+}
+
+// missing lists the applied VMs whose guard chain, or banger's input chain,
+// is not in the kernel.
+func (f *Firewall) missing() ([]VMNet, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.applied) == 0 {
+		return nil, nil
+	}
+	c, err := f.conn()
+	if err != nil {
+		return nil, err
+	}
+	have := map[string]bool{}
+	for _, fam := range []nftables.TableFamily{nftables.TableFamilyNetdev, nftables.TableFamilyIPv4} {
+		chains, err := c.ListChainsOfTableFamily(fam)
+		if err != nil && !isNoEnt(err) {
+			return nil, err
+		}
+		for _, ch := range chains {
+			if ch.Table.Name == TableName {
+				have[fmt.Sprintf("%d/%s", fam, ch.Name)] = true
+			}
+		}
+	}
+	inputOK := have[fmt.Sprintf("%d/%s", nftables.TableFamilyIPv4, chainInput)]
+	var out []VMNet
+	for _, v := range f.applied {
+		if !inputOK || !have[fmt.Sprintf("%d/%s", nftables.TableFamilyNetdev, GuardChain(v.Tap))] {
+			out = append(out, v)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
 }

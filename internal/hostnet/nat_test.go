@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/testenv"
 )
 
 // nftRuleset prints the ruleset of the calling (locked) thread's namespace
@@ -43,9 +44,7 @@ func normalize(s string) string {
 func testFirewall(t *testing.T) (*Firewall, *Manager) {
 	t.Helper()
 	inNewNetns(t)
-	if _, err := system.LookPath("nft"); err != nil {
-		t.Skip("nft not installed")
-	}
+	testenv.RequireTools(t, "nft")
 	h, err := netns.Get()
 	if err != nil {
 		t.Fatal(err)
