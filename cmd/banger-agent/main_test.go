@@ -18,6 +18,7 @@ func TestDispatch(t *testing.T) {
 		// Not PID 1 in a test: init must refuse rather than switch the host's root.
 		{[]string{"init"}, 2, "", "not PID 1"},
 		{[]string{"init", "--forc"}, 2, "", "not PID 1"},
+		{[]string{"serve", "extra"}, 2, "", "usage: banger-agent serve"},
 	}
 	for _, c := range cases {
 		var out, errb bytes.Buffer

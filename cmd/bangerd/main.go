@@ -61,6 +61,8 @@ func run() error {
 	debug := flag.Bool("debug", os.Getenv("BANGER_DEBUG") != "", "debug logging")
 	helper := flag.String("helper", os.Getenv("BANGER_HELPER"),
 		"privileged helper socket (env BANGER_HELPER; default: in-process when running as root, else "+privileged.DefaultSocket+")")
+	guestVia := flag.String("guest-via", envOr("BANGER_GUEST_VIA", "auto"),
+		"how the daemon reaches guests: auto (the guest agent when it answers, else ssh) or ssh (env BANGER_GUEST_VIA)")
 	logFile := flag.String("log-file", "", "log to this file, rotated at 10 MiB with 3 old files kept, with stdout and stderr (default: stderr)")
 	flag.Parse()
 	layout = paths.Layout{Root: *stateDir}
@@ -119,7 +121,11 @@ func run() error {
 	default:
 		return fmt.Errorf("--accel %q: want kvm or tcg", *accel)
 	}
-	netCfg := hostnet.Config{Bridge: *bridge, Subnet: prefix}
+	natBlock, err := hostnet.ParseBlocked(*natBlockFlag)
+	if err != nil {
+		return fmt.Errorf("--nat-block: %w", err)
+	}
+	netCfg := hostnet.Config{Bridge: *bridge, Subnet: prefix, ExtraBlocked: natBlock}
 	priv := newPrivileged(log, runner, netCfg, *helper)
 	if local, ok := priv.(*privileged.Local); ok {
 		go local.FW.Watch(ctx, firewallWatchEvery) // a flushed ruleset is put back within seconds
@@ -132,8 +138,11 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	pool := guest.NewPool(log, signer, kh)
-	defer pool.Close()
+	if *guestVia != "auto" && *guestVia != "ssh" {
+		return fmt.Errorf("--guest-via %q: want auto or ssh", *guestVia)
+	}
+	guests := &guest.Router{Log: log, SSH: guest.NewPool(log, signer, kh), Agents: guest.NewAgents(log), SSHOnly: *guestVia == "ssh"}
+	defer guests.Close()
 	afterStep, err := failpoint(os.Getenv(envFailpoint), log, killSelf)
 	if err != nil {
 		return err
@@ -141,7 +150,7 @@ func run() error {
 	var wss *workspace.Service // file sync runs after every boot; built below, it needs vms
 	vms := vm.New(vm.Deps{Log: log, Layout: layout, Store: st, Runner: runner, Driver: drv, Net: priv,
 		Subnet: netCfg.Subnet, Gateway: netCfg.Gateway(),
-		SSH: pool, KnownHosts: kh, ClientKey: signer.PublicKey(), UID: os.Getuid(), GID: os.Getgid(),
+		Guest: guests, KnownHosts: kh, ClientKey: signer.PublicKey(), UID: os.Getuid(), GID: os.Getgid(),
 		Firewall:   priv,
 		Limits:     vmmLimits(log),
 		AfterStart: func(ctx context.Context, v store.VM) { wss.AfterStart(ctx, v) },

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"time"
@@ -13,14 +14,35 @@ import (
 	"github.com/banger-dev/banger/internal/hostnet"
 	"github.com/banger-dev/banger/internal/privileged"
 	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/vm"
 )
 
 var (
 	dnsAddrFlag = flag.String("dns", envOr("BANGER_DNS", ""),
 		"DNS server for <name>.vm: host:port, or \"off\" (env BANGER_DNS; default: the bridge gateway, port 53)")
 	dnsUpstreamFlag = flag.String("dns-upstream", envOr("BANGER_DNS_UPSTREAM", ""),
-		"forward names outside .vm to this resolver host:port (env BANGER_DNS_UPSTREAM; default: refuse them)")
+		"forward names outside .vm to this resolver host:port, for guests with NAT only (env BANGER_DNS_UPSTREAM; default: refuse them)")
+	natBlockFlag = flag.String("nat-block", envOr("BANGER_NAT_BLOCK", ""),
+		"CIDR[,CIDR]: IPv4 destinations no NAT guest reaches, even with --nat-private, besides link-local and cloud metadata "+
+			"(env BANGER_NAT_BLOCK; all-in-one mode: with a helper, give it to banger system helper)")
 )
+
+// dnsVMs is the DNS server's view of the VM service: a sender may have
+// names outside .vm forwarded only when it is a running VM with NAT.
+type dnsVMs struct{ *vm.Service }
+
+func (d dnsVMs) NATAllowed(ctx context.Context, ip netip.Addr) bool {
+	vms, err := d.List(ctx)
+	if err != nil {
+		return false
+	}
+	for _, v := range vms {
+		if v.GuestIP == ip.String() && d.Running(v) {
+			return d.NAT(ctx, v)
+		}
+	}
+	return false
+}
 
 // firewallWatchEvery is how often the in-process firewall checks that its
 // chains survived a host's `nft flush ruleset`.
@@ -49,7 +71,7 @@ func newPrivileged(log *slog.Logger, runner system.Runner, cfg hostnet.Config, h
 // yet (an owner's daemon auto-started before `banger system helper`), it is
 // asked again every few seconds until it answers. It returns the undo, run
 // at shutdown.
-func startNetServices(ctx context.Context, log *slog.Logger, priv privileged.Privileged, cfg hostnet.Config, r hostnet.VMResolver) func() {
+func startNetServices(ctx context.Context, log *slog.Logger, priv privileged.Privileged, cfg hostnet.Config, vms *vm.Service) func() {
 	// The bridge appears with the first VM start (the DNS socket binds with
 	// IP_FREEBIND before its address exists), so a daemon used only for
 	// downloads or image builds never touches the host's links.
@@ -62,7 +84,7 @@ func startNetServices(ctx context.Context, log *slog.Logger, priv privileged.Pri
 		undo []func()
 	)
 	start := func(ctx context.Context) error {
-		srv := &hostnet.DNSServer{Log: log, Addr: addr, Resolver: r, Upstream: *dnsUpstreamFlag}
+		srv := &hostnet.DNSServer{Log: log, Addr: addr, Resolver: dnsVMs{vms}, Upstream: *dnsUpstreamFlag}
 		if addr == "" {
 			srv.Addr = net.JoinHostPort(cfg.Gateway().String(), "53")
 			conns, err := priv.ListenDNS(ctx)

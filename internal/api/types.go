@@ -94,6 +94,7 @@ type ExecParams struct {
 	Env     map[string]string `json:"env,omitempty"`
 	Dir     string            `json:"dir,omitempty"`
 	Stdin   bool              `json:"stdin,omitempty"` // the client will stream stdin frames
+	Via     string            `json:"via,omitempty"`   // "", "agent" or "ssh"
 }
 
 type ExecResult struct {

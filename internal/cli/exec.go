@@ -23,6 +23,7 @@ type execOpts struct {
 	tty, noTTY bool
 	env        []string
 	dir        string
+	via        string
 }
 
 func (o *execOpts) flags(c *cobra.Command) {
@@ -30,6 +31,7 @@ func (o *execOpts) flags(c *cobra.Command) {
 	c.Flags().BoolVarP(&o.noTTY, "no-tty", "T", false, "never allocate a PTY")
 	c.Flags().StringArrayVarP(&o.env, "env", "e", nil, "KEY=VALUE set in the remote command's environment")
 	c.Flags().StringVarP(&o.dir, "workdir", "w", "", "run in this directory in the guest")
+	c.Flags().StringVar(&o.via, "via", "", "transport: agent or ssh (default: the guest agent when it answers, else ssh)")
 }
 
 // commandParams turns the words after "--" into exec params: one word is a
@@ -64,6 +66,9 @@ func (a *app) execStream(ctx context.Context, p api.ExecParams, o execOpts) (int
 	}
 	if o.dir != "" {
 		p.Dir = o.dir
+	}
+	if o.via != "" {
+		p.Via = o.via
 	}
 	p.Stdin = true
 	input := make(chan api.Input, 16)
@@ -151,7 +156,8 @@ func (a *app) vmSSHCmd() *cobra.Command {
 		Short: "Open a shell in a VM, or run a command there (exit code propagated)",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p := api.ExecParams{Name: args[0], Command: strings.Join(args[1:], " ")}
+			// `vm ssh` is SSH, whatever the guest agent offers.
+			p := api.ExecParams{Name: args[0], Command: strings.Join(args[1:], " "), Via: "ssh"}
 			code, err := a.execStream(cmd.Context(), p, o)
 			return codeErr(code, err)
 		},

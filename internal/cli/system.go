@@ -42,7 +42,7 @@ func (a *app) systemCmd() *cobra.Command {
 }
 
 func (a *app) systemHelperCmd() *cobra.Command {
-	var owner, socket, bridge, subnet string
+	var owner, socket, bridge, subnet, natBlock string
 	cmd := &cobra.Command{
 		Use:   "helper --owner USER",
 		Short: "Run the privileged helper in the foreground (root) for USER's bangerd",
@@ -74,6 +74,9 @@ func (a *app) systemHelperCmd() *cobra.Command {
 			}
 			if err != nil {
 				return fmt.Errorf("--subnet %q: %w", subnet, err)
+			}
+			if cfg.ExtraBlocked, err = hostnet.ParseBlocked(natBlock); err != nil {
+				return fmt.Errorf("--nat-block: %w", err)
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
@@ -113,6 +116,8 @@ func (a *app) systemHelperCmd() *cobra.Command {
 	f.StringVar(&socket, "socket", privileged.DefaultSocket, "unix socket to listen on")
 	f.StringVar(&bridge, "bridge", envOr("BANGER_BRIDGE", hostnet.DefaultBridge), "bridge name (env BANGER_BRIDGE)")
 	f.StringVar(&subnet, "subnet", envOr("BANGER_SUBNET", "172.30.0.0/24"), "guest subnet (env BANGER_SUBNET)")
+	f.StringVar(&natBlock, "nat-block", envOr("BANGER_NAT_BLOCK", ""),
+		"CIDR[,CIDR]: IPv4 destinations no NAT guest reaches, even with --nat-private, besides link-local and cloud metadata (env BANGER_NAT_BLOCK)")
 	return cmd
 }
 

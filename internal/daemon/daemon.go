@@ -242,8 +242,13 @@ func (dm *Daemon) vmExec(ctx context.Context, c *rpc.Call) (any, error) {
 	if p.Name == "" {
 		return nil, fmt.Errorf("name is required: %w", api.ErrInvalid)
 	}
+	switch p.Via {
+	case guest.ViaAny, guest.ViaAgent, guest.ViaSSH:
+	default:
+		return nil, fmt.Errorf("via %q: want agent or ssh: %w", p.Via, api.ErrInvalid)
+	}
 	req := guest.ExecRequest{Argv: p.Argv, Command: p.Command, Env: p.Env, Dir: p.Dir,
-		Stdout: c.Stdout(), Stderr: c.Stderr()}
+		Stdout: c.Stdout(), Stderr: c.Stderr(), Via: p.Via}
 	if p.TTY {
 		req.TTY = &guest.TTY{Term: p.Term, Cols: p.Cols, Rows: p.Rows}
 	}

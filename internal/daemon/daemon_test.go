@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -160,7 +161,7 @@ func newEnv(t *testing.T) *env {
 	t.Cleanup(func() { st.Close() })
 	h := newFakeHost()
 	svc := vm.New(vm.Deps{
-		Layout: layout, Store: st, Driver: fakeDriver{h}, Net: fakeNet{h}, SSH: fakeGuest{h}, KnownHosts: fakePins{h},
+		Layout: layout, Store: st, Driver: fakeDriver{h}, Net: fakeNet{h}, Guest: fakeGuest{h}, KnownHosts: fakePins{h},
 		Subnet: netip.MustParsePrefix("172.30.0.0/24"), Gateway: netip.MustParseAddr("172.30.0.1"),
 		UID: os.Getuid(), GID: os.Getgid(),
 	})
@@ -444,4 +445,9 @@ func mustJSON(t *testing.T, v any) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// DialAgent: the fake guests have no agent; the Router falls back to SSH.
+func (d fakeDriver) DialAgent(ctx context.Context, dir string) (net.Conn, error) {
+	return nil, errors.New("fake driver: no agent channel")
 }

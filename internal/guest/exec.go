@@ -33,6 +33,9 @@ type ExecRequest struct {
 	Signals <-chan string
 	Env     map[string]string // exported by the remote shell (sshd drops "env" requests without AcceptEnv)
 	Dir     string            // cd here first
+	// Via picks the transport: ViaAny (agent, else SSH), ViaAgent, ViaSSH.
+	// Only Router reads it; Pool is SSH.
+	Via string
 }
 
 // TTY asks for a pseudo-terminal.

@@ -14,12 +14,16 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 )
 
-// Target names one guest's SSH endpoint.
+// Target names one guest: its SSH endpoint and its agent channel.
 type Target struct {
-	VMID string
-	Addr string // "ip:22"
-	User string // "root" when empty
+	VMID  string
+	Addr  string      // "ip:22"
+	User  string      // "root" when empty
+	Agent AgentDialer // nil: no agent channel, SSH only
 }
+
+// sshKey is what identifies t's SSH endpoint (Agent, a func, is not comparable).
+func (t Target) sshKey() [3]string { return [3]string{t.VMID, t.Addr, t.User} }
 
 func (t Target) user() string {
 	if t.User == "" {
@@ -98,7 +102,7 @@ func (p *Pool) Client(ctx context.Context, t Target) (*ssh.Client, error) {
 	defer func() { <-e.sem }()
 
 	p.mu.Lock()
-	c, same := e.client, e.target == t
+	c, same := e.client, e.target.sshKey() == t.sshKey()
 	p.mu.Unlock()
 	if c != nil {
 		if same {

@@ -29,6 +29,11 @@ var (
 type Config struct {
 	Bridge string       // default "banger0"
 	Subnet netip.Prefix // default 172.30.0.0/24; the gateway is its first host
+	// ExtraBlocked are IPv4 destinations no NAT guest reaches, with or
+	// without --nat-private, on top of the built-in ones (link-local and
+	// the cloud metadata addresses): a site's own metadata or control-plane
+	// services in public space (bangerd and the helper: --nat-block).
+	ExtraBlocked []netip.Prefix
 }
 
 func (c Config) withDefaults() Config {
@@ -49,7 +54,37 @@ func (c Config) Validate() error {
 	if !ifNameRE.MatchString(c.Bridge) {
 		return fmt.Errorf("bridge name %q: %w", c.Bridge, api.ErrInvalid)
 	}
+	for _, p := range c.ExtraBlocked {
+		if !p.IsValid() || !p.Addr().Is4() {
+			return fmt.Errorf("blocked destination %s: want an ipv4 prefix: %w", p, api.ErrInvalid)
+		}
+	}
 	return checkSubnet(c.Subnet)
+}
+
+// ParseBlocked parses a comma-separated list of IPv4 CIDRs (a bare address
+// is a /32) for Config.ExtraBlocked; empty gives none.
+func ParseBlocked(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			a, aerr := netip.ParseAddr(f)
+			if aerr != nil {
+				return nil, fmt.Errorf("blocked destination %q: want an ipv4 CIDR: %w", f, api.ErrInvalid)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if !p.Addr().Is4() {
+			return nil, fmt.Errorf("blocked destination %q: want an ipv4 CIDR: %w", f, api.ErrInvalid)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // Gateway is the bridge's address: the first host of the subnet.

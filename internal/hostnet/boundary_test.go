@@ -25,16 +25,19 @@ import (
 // frames from an AF_PACKET socket and connects with its own kernel.
 
 const (
-	guestIP    = "10.77.0.2"
-	gatewayIP  = "10.77.0.1"
-	otherHost  = "192.0.2.1"       // another interface of the host
-	uplinkHost = "198.51.100.2"    // the host's end of the uplink
-	remotePub  = "198.51.100.1"    // beyond NAT, public-like
-	remotePriv = "192.168.50.1"    // beyond NAT, private range
-	remoteMeta = "169.254.169.254" // beyond NAT, link-local metadata address
-	svcPort    = 8080
-	guestPort  = 2222
-	probeWait  = 700 * time.Millisecond
+	guestIP     = "10.77.0.2"
+	gatewayIP   = "10.77.0.1"
+	otherHost   = "192.0.2.1"       // another interface of the host
+	uplinkHost  = "198.20.0.2"      // the host's end of the uplink
+	remotePub   = "198.20.0.1"      // beyond NAT, public (just past 198.18.0.0/15)
+	remotePriv  = "192.168.50.1"    // beyond NAT, private range
+	remoteMeta  = "169.254.169.254" // beyond NAT, link-local metadata address
+	remoteWire  = "168.63.129.16"   // beyond NAT, Azure's wireserver (public space)
+	remoteBench = "198.18.0.1"      // beyond NAT, benchmarking range
+	remoteIETF  = "192.0.0.8"       // beyond NAT, IETF protocol assignments
+	svcPort     = 8080
+	guestPort   = 2222
+	probeWait   = 700 * time.Millisecond
 )
 
 type boundary struct {
@@ -125,7 +128,7 @@ func newBoundary(t *testing.T) (*boundary, *Firewall, *Manager) {
 	must(t, netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "uplink0"}, PeerName: "uplink1",
 		PeerNamespace: netlink.NsFd(b.remote)}))
 	addr(t, "uplink0", uplinkHost+"/24")
-	for _, dst := range []string{remotePriv + "/32", remoteMeta + "/32"} {
+	for _, dst := range []string{remotePriv + "/32", remoteMeta + "/32", remoteWire + "/32", remoteBench + "/32", remoteIETF + "/32"} {
 		_, n, _ := net.ParseCIDR(dst)
 		l, _ := netlink.LinkByName("uplink0")
 		must(t, netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: n, Gw: net.ParseIP(remotePub)}))
@@ -146,7 +149,7 @@ func newBoundary(t *testing.T) (*boundary, *Firewall, *Manager) {
 		up(t, "lo")
 		addr(t, "uplink1", remotePub+"/24")
 		l, _ := netlink.LinkByName("uplink1")
-		for _, a := range []string{remotePriv + "/32", remoteMeta + "/32"} {
+		for _, a := range []string{remotePriv + "/32", remoteMeta + "/32", remoteWire + "/32", remoteBench + "/32", remoteIETF + "/32"} {
 			must(t, netlink.AddrAdd(l, mustParseAddr(t, a)))
 		}
 		// No route back to the guest subnet: only masqueraded traffic is answered.
@@ -431,6 +434,9 @@ func (b *boundary) services() string {
 	res("beyond nat: public address", b.dial(b.guest, fmt.Sprintf("%s:%d", remotePub, svcPort)))
 	res("beyond nat: private address", b.dial(b.guest, fmt.Sprintf("%s:%d", remotePriv, svcPort)))
 	res("beyond nat: link-local metadata address", b.dial(b.guest, fmt.Sprintf("%s:%d", remoteMeta, svcPort)))
+	res("beyond nat: azure wireserver", b.dial(b.guest, fmt.Sprintf("%s:%d", remoteWire, svcPort)))
+	res("beyond nat: benchmarking address", b.dial(b.guest, fmt.Sprintf("%s:%d", remoteBench, svcPort)))
+	res("beyond nat: ietf protocol assignment", b.dial(b.guest, fmt.Sprintf("%s:%d", remoteIETF, svcPort)))
 	return strings.Join(lines, "\n")
 }
 
@@ -483,7 +489,10 @@ dns over udp to the gateway: reached
 dns over tcp to the gateway: reached
 beyond nat: public address: reached
 beyond nat: private address: blocked
-beyond nat: link-local metadata address: blocked`},
+beyond nat: link-local metadata address: blocked
+beyond nat: azure wireserver: blocked
+beyond nat: benchmarking address: blocked
+beyond nat: ietf protocol assignment: blocked`},
 		{"--nat --nat-private --host-access", func(v *VMNet) { v.NATPrivate, v.HostAccess = true, true },
 			`tcp to host service on the gateway: reached
 tcp to host service on another host interface: reached
@@ -493,7 +502,10 @@ dns over udp to the gateway: reached
 dns over tcp to the gateway: reached
 beyond nat: public address: reached
 beyond nat: private address: reached
-beyond nat: link-local metadata address: blocked`},
+beyond nat: link-local metadata address: blocked
+beyond nat: azure wireserver: blocked
+beyond nat: benchmarking address: reached
+beyond nat: ietf protocol assignment: reached`},
 		{"no options", func(v *VMNet) { v.NAT = false }, `tcp to host service on the gateway: blocked
 tcp to host service on another host interface: blocked
 tcp to host service on the uplink address: blocked
@@ -502,7 +514,10 @@ dns over udp to the gateway: reached
 dns over tcp to the gateway: reached
 beyond nat: public address: blocked
 beyond nat: private address: blocked
-beyond nat: link-local metadata address: blocked`},
+beyond nat: link-local metadata address: blocked
+beyond nat: azure wireserver: blocked
+beyond nat: benchmarking address: blocked
+beyond nat: ietf protocol assignment: blocked`},
 	} {
 		v := v
 		c.set(&v)
@@ -512,6 +527,19 @@ beyond nat: link-local metadata address: blocked`},
 		}
 		if !b.hostToGuest() {
 			t.Errorf("guest with %s: the host cannot reach the guest's service", c.name)
+		}
+	}
+	// --nat-block: a public destination is off limits, with and without
+	// --nat-private.
+	fw.Cfg.ExtraBlocked = []netip.Prefix{netip.MustParsePrefix(remotePub + "/32")}
+	for _, private := range []bool{false, true} {
+		v.NAT, v.NATPrivate = true, private
+		must(t, fw.Apply(ctx, v))
+		if b.dial(b.guest, fmt.Sprintf("%s:%d", remotePub, svcPort)) {
+			t.Errorf("--nat-block %s (nat-private %t): the guest reached it", remotePub, private)
+		}
+		if private != b.dial(b.guest, fmt.Sprintf("%s:%d", remotePriv, svcPort)) {
+			t.Errorf("--nat-block %s (nat-private %t): private address reached: %t", remotePub, private, !private)
 		}
 	}
 }

@@ -39,15 +39,20 @@ const (
 type VMResolver interface {
 	LookupVM(ctx context.Context, name string) (netip.Addr, bool)
 	LookupVMAddr(ctx context.Context, ip netip.Addr) (string, bool)
+	// NATAllowed reports whether ip is a running VM's with NAT on: only
+	// its queries for names outside .vm are forwarded upstream.
+	NATAllowed(ctx context.Context, ip netip.Addr) bool
 }
 
 // DNSServer answers A (and PTR) queries for <name>.vm of live VMs, on UDP
-// and TCP. Other names are forwarded to Upstream when set, else refused.
+// and TCP. Other names are forwarded to Upstream when set and the query
+// comes from a running VM with NAT, else refused: a guest without NAT gets
+// no way out, not even a tunnel through DNS.
 type DNSServer struct {
 	Log      *slog.Logger
 	Addr     string // host:port, e.g. the bridge gateway ":53"; port 0 picks one
 	Resolver VMResolver
-	Upstream string // optional resolver (host:port) for names outside .vm
+	Upstream string // optional resolver (host:port) for names outside .vm, for NAT guests
 	// Conns, when set, are sockets bound by someone else (the privileged
 	// helper binds port 53 for a daemon that may not): Start serves them
 	// instead of binding Addr.
@@ -167,13 +172,29 @@ func (d *DNSServer) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	resp := d.answer(ctx, req)
+	resp := d.answer(ctx, req, remoteIP(w.RemoteAddr()))
 	if err := w.WriteMsg(resp); err != nil {
 		d.log().Debug("dns: write reply", "err", err)
 	}
 }
 
-func (d *DNSServer) answer(ctx context.Context, req *dns.Msg) *dns.Msg {
+// remoteIP is the address a query came from (invalid when unknown).
+func remoteIP(a net.Addr) netip.Addr {
+	var ip net.IP
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		ip = a.IP
+	case *net.TCPAddr:
+		ip = a.IP
+	default:
+		return netip.Addr{}
+	}
+	out, _ := netip.AddrFromSlice(ip)
+	return out.Unmap()
+}
+
+// answer replies to req from src.
+func (d *DNSServer) answer(ctx context.Context, req *dns.Msg, src netip.Addr) *dns.Msg {
 	m := new(dns.Msg)
 	m.SetReply(req)
 	if len(req.Question) != 1 || req.Opcode != dns.OpcodeQuery {
@@ -214,7 +235,7 @@ func (d *DNSServer) answer(ctx context.Context, req *dns.Msg) *dns.Msg {
 			}
 		}
 	}
-	if d.Upstream != "" {
+	if d.Upstream != "" && src.IsValid() && d.Resolver.NATAllowed(ctx, src) {
 		c := &dns.Client{Net: "udp", Timeout: 2 * time.Second}
 		r, _, err := c.ExchangeContext(ctx, req, d.Upstream)
 		if err == nil {

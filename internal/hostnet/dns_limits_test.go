@@ -39,6 +39,8 @@ func (b *blockingVMs) LookupVM(ctx context.Context, name string) (netip.Addr, bo
 
 func (b *blockingVMs) LookupVMAddr(context.Context, netip.Addr) (string, bool) { return "", false }
 
+func (b *blockingVMs) NATAllowed(context.Context, netip.Addr) bool { return false }
+
 // A guest flooding the resolver cannot make bangerd answer more than
 // DNSMaxInFlight queries at once.
 func TestDNSBoundsConcurrentQueries(t *testing.T) {

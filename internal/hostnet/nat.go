@@ -26,15 +26,18 @@ import (
 // bridge, GW its gateway address, VM a guest's address:
 //
 //	table ip banger
-//	  set nonpublic      interval set: 0/8 10/8 100.64/10 127/8 169.254/16
-//	                     172.16/12 192.168/16 224/3 (multicast, reserved, broadcast)
+//	  set blocked        interval set: 169.254/16 168.63.129.16 (cloud metadata)
+//	                     + Config.ExtraBlocked (--nat-block)
+//	  set nonpublic      interval set: blocked + 0/8 10/8 100.64/10 127/8 172.16/12
+//	                     192.0.0/24 192.0.2/24 192.168/16 198.18/15 198.51.100/24
+//	                     203.0.113/24 224/3 (multicast, reserved, broadcast)
 //	  set restore-ip-forward   present only while banger holds ip_forward=1
 //	                     that it switched on (see enableForwarding)
 //	  chain forward     filter hook forward, policy accept
 //	    iifname BR ip saddr VM oifname != BR udp sport < 1024 drop  "banger vm=ID ..." (--nat)
 //	    iifname BR ip saddr VM oifname != BR tcp sport < 1024 drop  "banger vm=ID ..." (--nat)
 //	    iifname BR ip saddr VM ip daddr != @nonpublic accept        "banger vm=ID ..." (--nat)
-//	    iifname BR ip saddr VM ip daddr != 169.254.0.0/16 accept    "banger vm=ID ..." (--nat --nat-private)
+//	    iifname BR ip saddr VM ip daddr != @blocked accept          "banger vm=ID ..." (--nat --nat-private)
 //	    iifname BR oifname BR accept          comment "banger base"  (guest to guest, bridged)
 //	    oifname BR ct state established,related accept               "banger base"
 //	    oifname BR drop                                               "banger base"
@@ -72,6 +75,13 @@ import (
 // switched ip_forward on, the forward chain also drops whatever the host
 // would now route between its other interfaces.
 //
+// Both sets are rewritten (in one transaction) when a table left by an
+// older banger or another --nat-block holds something else.
+//
+// When a VM's rules go (Remove, Prune, or Apply handing its address or TAP
+// to another VM), so do the conntrack entries of its address: a later VM on
+// the address inherits no established flow or NAT mapping.
+//
 // Per-VM rules carry "banger vm=ID ip=VM tap=TAP" in their comment and are
 // found and deleted by the id; Apply also deletes those of any other id on
 // the same address or TAP, so one address and one TAP carry at most one
@@ -85,6 +95,7 @@ const (
 	chainPostNAT  = "postrouting"
 	chainBridgeIn = "bridge-in"
 	setNonPublic  = "nonpublic"
+	setBlocked    = "blocked"
 	setRestoreFwd = "restore-ip-forward"
 	guardPrefix   = "guard-"
 	tagVMPrefix   = "banger vm="
@@ -93,19 +104,32 @@ const (
 	ipForwardPath = "/proc/sys/net/ipv4/ip_forward"
 )
 
-// nonPublic are the IPv4 destinations a --nat guest reaches only with
-// --nat-private: private, shared, loopback, "this network", link-local,
-// multicast, reserved and broadcast. Link-local (metadata services) stays
-// blocked even then.
+// blocked are the IPv4 destinations no --nat guest reaches, even with
+// --nat-private: link-local (169.254.169.254 and the like) and the cloud
+// metadata services in public space, here Azure's wireserver. Config's
+// ExtraBlocked adds to them.
+var blocked = []netip.Prefix{
+	netip.MustParsePrefix("168.63.129.16/32"),
+	netip.MustParsePrefix("169.254.0.0/16"),
+}
+
+// nonPublic are the further IPv4 destinations a --nat guest reaches only
+// with --nat-private: "this network", private, shared (CGNAT), loopback,
+// IETF protocol assignments, documentation, benchmarking, multicast,
+// reserved (240/4) and broadcast.
 var nonPublic = []netip.Prefix{
 	netip.MustParsePrefix("0.0.0.0/8"),
 	netip.MustParsePrefix("10.0.0.0/8"),
 	netip.MustParsePrefix("100.64.0.0/10"),
 	netip.MustParsePrefix("127.0.0.0/8"),
-	netip.MustParsePrefix("169.254.0.0/16"),
 	netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.0.0.0/24"),
+	netip.MustParsePrefix("192.0.2.0/24"),
 	netip.MustParsePrefix("192.168.0.0/16"),
-	netip.MustParsePrefix("224.0.0.0/3"),
+	netip.MustParsePrefix("198.18.0.0/15"),
+	netip.MustParsePrefix("198.51.100.0/24"),
+	netip.MustParsePrefix("203.0.113.0/24"),
+	netip.MustParsePrefix("224.0.0.0/3"), // multicast 224/4, reserved 240/4, broadcast
 }
 
 var linkLocal = netip.MustParsePrefix("169.254.0.0/16")
@@ -119,7 +143,8 @@ type VMNet struct {
 	Tap string
 	NAT bool // masquerade and forward the guest's traffic beyond the bridge
 	// NATPrivate lets a NAT guest reach private and special ranges beyond
-	// the host (never link-local).
+	// the host (never the blocked set: link-local, cloud metadata,
+	// Config.ExtraBlocked).
 	NATPrivate bool
 	// HostAccess lets the guest reach services on any host address (never
 	// link-local); without it only the gateway's DNS answers.
@@ -213,17 +238,77 @@ func nonPublicSet(t *nftables.Table) *nftables.Set {
 	return &nftables.Set{Table: t, Name: setNonPublic, KeyType: nftables.TypeIPAddr, Interval: true}
 }
 
-// nonPublicElems are the set's intervals: start, then the first address
-// past the end (none for the range that ends the address space).
-func nonPublicElems() []nftables.SetElement {
+func blockedSet(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: setBlocked, KeyType: nftables.TypeIPAddr, Interval: true}
+}
+
+// blockedPrefixes is what the blocked set holds: the built-in metadata
+// destinations and the configured ones.
+func (c Config) blockedPrefixes() []netip.Prefix {
+	return append(append([]netip.Prefix{}, blocked...), c.ExtraBlocked...)
+}
+
+// nonPublicPrefixes is what the nonpublic set holds: everything blocked
+// plus the private and special ranges.
+func (c Config) nonPublicPrefixes() []netip.Prefix {
+	return append(c.blockedPrefixes(), nonPublic...)
+}
+
+// intervalElems are an interval set's elements for ps: overlapping and
+// adjacent prefixes merged (the kernel refuses overlapping intervals), each
+// range as its start, then the first address past its end (none for the
+// range that ends the address space).
+func intervalElems(ps []netip.Prefix) []nftables.SetElement {
+	type span struct{ lo, hi uint32 }
+	var spans []span
+	for _, p := range ps {
+		if !p.IsValid() || !p.Addr().Is4() {
+			continue // Config.Validate refuses these
+		}
+		lo, hi := p.Masked().Addr().As4(), lastAddr(p).As4()
+		spans = append(spans, span{binary.BigEndian.Uint32(lo[:]), binary.BigEndian.Uint32(hi[:])})
+	}
+	sort.Slice(spans, func(i, j int) bool { return spans[i].lo < spans[j].lo })
+	var merged []span
+	for _, s := range spans {
+		if n := len(merged); n > 0 && (merged[n-1].hi == ^uint32(0) || s.lo <= merged[n-1].hi+1) {
+			merged[n-1].hi = max(merged[n-1].hi, s.hi)
+			continue
+		}
+		merged = append(merged, s)
+	}
+	key := func(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
 	var out []nftables.SetElement
-	for _, p := range nonPublic {
-		out = append(out, nftables.SetElement{Key: p.Addr().AsSlice()})
-		if end := lastAddr(p).Next(); end.IsValid() {
-			out = append(out, nftables.SetElement{Key: end.AsSlice(), IntervalEnd: true})
+	for _, s := range merged {
+		out = append(out, nftables.SetElement{Key: key(s.lo)})
+		if s.hi != ^uint32(0) {
+			out = append(out, nftables.SetElement{Key: key(s.hi + 1), IntervalEnd: true})
 		}
 	}
 	return out
+}
+
+// sameElems reports whether a set read back from the kernel holds want.
+func sameElems(have, want []nftables.SetElement) bool {
+	k := func(e nftables.SetElement) string { return fmt.Sprintf("%x/%t", e.Key, e.IntervalEnd) }
+	hs, ws := map[string]bool{}, map[string]bool{}
+	for _, e := range have {
+		hs[k(e)] = true
+	}
+	for _, e := range want {
+		ws[k(e)] = true
+	}
+	// The kernel may report a leading interval end at 0.0.0.0.
+	delete(hs, k(nftables.SetElement{Key: []byte{0, 0, 0, 0}, IntervalEnd: true}))
+	if len(hs) != len(ws) {
+		return false
+	}
+	for e := range ws {
+		if !hs[e] {
+			return false
+		}
+	}
+	return true
 }
 
 func lastAddr(p netip.Prefix) netip.Addr {
@@ -486,14 +571,37 @@ func (f *Firewall) ensureBaseLocked(c *nftables.Conn) error {
 	if err != nil {
 		return fmt.Errorf("firewall: list sets: %w", err)
 	}
-	haveSet, ownFwd := false, false
+	have, ownFwd := map[string]*nftables.Set{}, false
 	for _, st := range sets {
-		haveSet = haveSet || st.Name == setNonPublic
+		have[st.Name] = st
 		ownFwd = ownFwd || st.Name == setRestoreFwd
 	}
-	if !haveSet {
-		if err := c.AddSet(nonPublicSet(it), nonPublicElems()); err != nil {
-			return fmt.Errorf("firewall: set %s: %w", setNonPublic, err)
+	cfg := f.Cfg.withDefaults()
+	for _, want := range []struct {
+		set   *nftables.Set
+		elems []nftables.SetElement
+	}{
+		{blockedSet(it), intervalElems(cfg.blockedPrefixes())},
+		{nonPublicSet(it), intervalElems(cfg.nonPublicPrefixes())},
+	} {
+		if have[want.set.Name] == nil {
+			if err := c.AddSet(want.set, want.elems); err != nil {
+				return fmt.Errorf("firewall: set %s: %w", want.set.Name, err)
+			}
+			continue
+		}
+		// Left by an older banger or another --nat-block: replaced in the
+		// same transaction as the base rules, so no packet sees it empty.
+		cur, err := c.GetSetElements(want.set)
+		if err != nil {
+			return fmt.Errorf("firewall: list set %s: %w", want.set.Name, err)
+		}
+		if !sameElems(cur, want.elems) {
+			c.FlushSet(want.set)
+			if err := c.SetAddElements(want.set, want.elems); err != nil {
+				return fmt.Errorf("firewall: set %s: %w", want.set.Name, err)
+			}
+			f.log().Info("firewall: set updated", "set", want.set.Name)
 		}
 	}
 	for _, ch := range []struct {
@@ -527,7 +635,7 @@ func (f *Firewall) ensureBaseLocked(c *nftables.Conn) error {
 
 // Apply installs a VM's rules: always the allowlist chain on its TAP; with
 // v.NAT the forward-accept (to public destinations, or with v.NATPrivate to
-// all but link-local) and masquerade rules; with v.HostAccess an input
+// all but the blocked set) and masquerade rules; with v.HostAccess an input
 // accept for the host's addresses. The VM's previous rules are replaced in
 // the same transaction, so Apply is idempotent and a re-apply (reconcile)
 // never leaves the TAP unguarded. The TAP must exist. With NAT, IPv4
@@ -551,11 +659,25 @@ func (f *Firewall) Apply(ctx context.Context, v VMNet) error {
 	it, nt := ipTable(), netdevTable()
 	// The VM's previous rules, and those of any other id on its address or
 	// TAP: however many ids a caller invents, one slot keeps one VM's rules.
-	if _, err := f.delTaggedLocked(c, v.sameVMSlot); err != nil {
+	displaced, err := f.delTaggedLocked(c, v.sameVMSlot)
+	if err != nil {
 		return err
 	}
-	if err := f.delOtherGuardsLocked(c, v); err != nil {
+	guards, err := f.delOtherGuardsLocked(c, v)
+	if err != nil {
 		return err
+	}
+	// Another VM's flows on this address, and those of an address the TAP
+	// or the id had before, go with their rules after the transaction below.
+	own, err := guardTags(c, v.Tap) // the TAP's guard chain, flushed below
+	if err != nil && !isNoEnt(err) {
+		return err
+	}
+	stale := map[netip.Addr]bool{}
+	for _, t := range append(append(displaced, guards...), own...) {
+		if t.id != v.ID || t.ip != v.IP.String() {
+			tagIPs(stale, []vmTagged{t})
+		}
 	}
 	br := ifname(f.Cfg.withDefaults().Bridge)
 	ip := v.IP.AsSlice()
@@ -573,12 +695,13 @@ func (f *Firewall) Apply(ctx context.Context, v VMNet) error {
 		c.InsertRule(&nftables.Rule{Table: it, Chain: inputChain(it), UserData: tag, Exprs: join(fromVM, notLinkLocal, accept)})
 	}
 	if v.NAT {
-		dst := notLinkLocal
-		if !v.NATPrivate {
-			dst = []expr.Any{
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
-				&expr.Lookup{SourceRegister: 1, SetName: setNonPublic, Invert: true},
-			}
+		set := setNonPublic
+		if v.NATPrivate {
+			set = setBlocked
+		}
+		dst := []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+			&expr.Lookup{SourceRegister: 1, SetName: set, Invert: true},
 		}
 		c.InsertRule(&nftables.Rule{Table: it, Chain: forwardChain(it), UserData: tag, Exprs: join(fromVM, dst, accept)})
 		for _, r := range lowPortDrops(it, br, ip, tag) { // above the accept
@@ -595,6 +718,9 @@ func (f *Firewall) Apply(ctx context.Context, v VMNet) error {
 			err = errors.Join(err, rerr)
 		}
 		return err
+	}
+	if err := f.flushConntrackLocked(stale); err != nil {
+		return fmt.Errorf("vm %s: %w", v.ID, err)
 	}
 	if v.NAT {
 		if err := f.enableForwardingLocked(c); err != nil {
@@ -669,8 +795,9 @@ func (f *Firewall) enableForwardingLocked(c *nftables.Conn) error {
 }
 
 // Remove deletes every rule tagged with the VM's id and the TAP's guard
-// chain. Missing rules, chains or tables are success. When nothing of
-// banger's remains, its tables are deleted.
+// chain, and the conntrack entries of the addresses they named. Missing
+// rules, chains or tables are success. When nothing of banger's remains,
+// its tables are deleted.
 func (f *Firewall) Remove(ctx context.Context, id, tap string) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -769,71 +896,106 @@ func (f *Firewall) Prune(ctx context.Context, keep map[string]string) error {
 func isNoEnt(err error) bool { return err != nil && errors.Is(err, unix.ENOENT) }
 
 // delTaggedLocked queues the deletion of every ip-table rule whose VM tag
-// matches on c (not flushed) and returns how many.
-func (f *Firewall) delTaggedLocked(c *nftables.Conn, match func(vmTagged) bool) (int, error) {
+// matches on c (not flushed) and returns the tags of those rules.
+func (f *Firewall) delTaggedLocked(c *nftables.Conn, match func(vmTagged) bool) ([]vmTagged, error) {
 	it := ipTable()
-	n := 0
+	var out []vmTagged
 	for _, ch := range ipChains(it) {
 		rules, err := c.GetRules(it, ch)
 		if isNoEnt(err) {
 			continue
 		}
 		if err != nil {
-			return n, fmt.Errorf("firewall: list %s: %w", ch.Name, err)
+			return out, fmt.Errorf("firewall: list %s: %w", ch.Name, err)
 		}
 		for _, r := range rules {
 			if t, ok := parseVMTag(ruleComment(r)); ok && match(t) {
 				if err := c.DelRule(r); err != nil {
-					return n, fmt.Errorf("firewall: delete rule: %w", err)
+					return out, fmt.Errorf("firewall: delete rule: %w", err)
 				}
-				n++
+				out = append(out, t)
 			}
 		}
 	}
-	return n, nil
+	return out, nil
+}
+
+// tagIPs adds the addresses named by tags to ips.
+func tagIPs(ips map[netip.Addr]bool, tags []vmTagged) {
+	for _, t := range tags {
+		if a, err := netip.ParseAddr(t.ip); err == nil && a.Is4() {
+			ips[a] = true
+		}
+	}
 }
 
 // delOtherGuardsLocked queues the deletion of the guard chains on other TAPs
-// that allow v's address or belong to v's id (not flushed).
-func (f *Firewall) delOtherGuardsLocked(c *nftables.Conn, v VMNet) error {
+// that allow v's address or belong to v's id (not flushed) and returns the
+// tags of their rules.
+func (f *Firewall) delOtherGuardsLocked(c *nftables.Conn, v VMNet) ([]vmTagged, error) {
 	nt := netdevTable()
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyNetdev)
 	if err != nil && !isNoEnt(err) {
-		return fmt.Errorf("firewall: list netdev chains: %w", err)
+		return nil, fmt.Errorf("firewall: list netdev chains: %w", err)
 	}
+	var out []vmTagged
 	for _, ch := range chains {
 		tap, ok := strings.CutPrefix(ch.Name, guardPrefix)
 		if ch.Table.Name != TableName || !ok || tap == v.Tap {
 			continue
 		}
-		rules, err := c.GetRules(nt, &nftables.Chain{Name: ch.Name, Table: nt})
+		tags, err := guardTags(c, tap)
 		if err != nil {
-			return fmt.Errorf("firewall: list %s: %w", ch.Name, err)
+			return out, err
 		}
-		for _, r := range rules {
-			if t, ok := parseVMTag(ruleComment(r)); ok && v.sameVMSlot(t) {
+		for _, t := range tags {
+			if v.sameVMSlot(t) {
 				g := guardChain(nt, tap)
 				c.FlushChain(g)
 				c.DelChain(g)
+				out = append(out, tags...)
 				break
 			}
 		}
 	}
-	return nil
+	return out, nil
+}
+
+// guardTags are the VM tags of the rules in the TAP's guard chain.
+func guardTags(c *nftables.Conn, tap string) ([]vmTagged, error) {
+	nt := netdevTable()
+	rules, err := c.GetRules(nt, &nftables.Chain{Name: GuardChain(tap), Table: nt})
+	if err != nil {
+		return nil, fmt.Errorf("firewall: list %s: %w", GuardChain(tap), err)
+	}
+	var out []vmTagged
+	for _, r := range rules {
+		if t, ok := parseVMTag(ruleComment(r)); ok {
+			out = append(out, t)
+		}
+	}
+	return out, nil
 }
 
 // removeLocked deletes the VM's tagged rules (id != "") and the TAP's guard
-// chain (tap != ""), then, if dropEmpty, banger's tables once unused.
+// chain (tap != ""), with the conntrack entries of the addresses they
+// named, then, if dropEmpty, banger's tables once unused. Conntrack is
+// flushed before the rules go, so that a failure leaves the rules (and the
+// address in them) for a retry, and again after, for what arrived between.
 func (f *Firewall) removeLocked(id, tap string, dropEmpty bool) error {
 	c, err := f.conn()
 	if err != nil {
 		return err
 	}
 	n := 0
+	ips := map[netip.Addr]bool{}
 	if id != "" {
-		if n, err = f.delTaggedLocked(c, func(t vmTagged) bool { return t.id == id }); err != nil {
+		tags, err := f.delTaggedLocked(c, func(t vmTagged) bool { return t.id == id })
+		if err != nil {
 			return err
 		}
+		n += len(tags)
+		tagIPs(ips, tags)
 	}
 	if tap != "" {
 		nt := netdevTable()
@@ -844,6 +1006,11 @@ func (f *Firewall) removeLocked(id, tap string, dropEmpty bool) error {
 		}
 		for _, ch := range chains {
 			if ch.Table.Name == TableName && ch.Name == GuardChain(tap) {
+				tags, err := guardTags(c, tap)
+				if err != nil {
+					return err
+				}
+				tagIPs(ips, tags)
 				g := guardChain(nt, tap)
 				c.FlushChain(g)
 				c.DelChain(g)
@@ -851,9 +1018,18 @@ func (f *Firewall) removeLocked(id, tap string, dropEmpty bool) error {
 			}
 		}
 	}
+	if w, ok := f.applied[id]; ok && id != "" {
+		ips[w.IP] = true // (a rule of an older release names no address)
+	}
 	if n > 0 {
+		if err := f.flushConntrackLocked(ips); err != nil {
+			return fmt.Errorf("vm %s / tap %s: %w", id, tap, err)
+		}
 		if err := c.Flush(); err != nil {
 			return fmt.Errorf("firewall: delete rules of vm %s / tap %s: %w", id, tap, err)
+		}
+		if err := f.flushConntrackLocked(ips); err != nil {
+			return fmt.Errorf("vm %s / tap %s: %w", id, tap, err)
 		}
 	}
 	if dropEmpty {

@@ -91,14 +91,7 @@ comment "banger set net.ipv4.ip_forward=1 (it was 0); 0 again when this table go
 	}
 	return normalize(fmt.Sprintf(`
 table ip banger {
-set nonpublic {
-type ipv4_addr
-flags interval
-elements = { 0.0.0.0/8, 10.0.0.0/8,
-100.64.0.0/10, 127.0.0.0/8,
-169.254.0.0/16, 172.16.0.0/12,
-192.168.0.0/16, 224.0.0.0/3 }
-}
+%s
 %s
 chain forward {
 type filter hook forward priority filter; policy accept;
@@ -129,8 +122,26 @@ ether type ip accept comment "banger base"
 ether type arp accept comment "banger base"
 }
 %s
-}`, set, forward, ownFwd, input, post, guards))
+}`, defaultSets, set, forward, ownFwd, input, post, guards))
 }
+
+// defaultSets are the blocked and nonpublic sets without --nat-block.
+const defaultSets = `set blocked {
+type ipv4_addr
+flags interval
+elements = { 168.63.129.16, 169.254.0.0/16 }
+}
+set nonpublic {
+type ipv4_addr
+flags interval
+elements = { 0.0.0.0/8, 10.0.0.0/8,
+100.64.0.0/10, 127.0.0.0/8,
+168.63.129.16, 169.254.0.0/16,
+172.16.0.0/12, 192.0.0.0/24,
+192.0.2.0/24, 192.168.0.0/16,
+198.18.0.0/15, 198.51.100.0/24,
+203.0.113.0/24, 224.0.0.0/3 }
+}`
 
 // natFwd is a --nat guest's forward rules: its reserved source ports
 // dropped, then the accept to dst ("@nonpublic" or a prefix).
@@ -181,7 +192,7 @@ func TestFirewallApplyRemove(t *testing.T) {
 	guards := guardText("aaa", "10.77.0.2", "bgr-aaa") + "\n" + guardText("bbb", "10.77.0.3", "bgr-bbb") + "\n" +
 		guardText("ccc", "10.77.0.4", "bgr-ccc")
 	check("with three vms", wantRuleset(true,
-		natFwd("ccc", "169.254.0.0/16")+"\n"+natFwd("aaa", "@nonpublic"),
+		natFwd("ccc", "@blocked")+"\n"+natFwd("aaa", "@nonpublic"),
 		`iifname "bgtest0" ip saddr 10.77.0.4 ip daddr != 169.254.0.0/16 accept comment "banger vm=ccc ip=10.77.0.4 tap=bgr-ccc"`,
 		`ip saddr 10.77.0.2 oifname != "bgtest0" masquerade comment "banger vm=aaa ip=10.77.0.2 tap=bgr-aaa"
 ip saddr 10.77.0.4 oifname != "bgtest0" masquerade comment "banger vm=ccc ip=10.77.0.4 tap=bgr-ccc"`, guards))
@@ -195,7 +206,7 @@ ip saddr 10.77.0.4 oifname != "bgtest0" masquerade comment "banger vm=ccc ip=10.
 		t.Fatal(err)
 	}
 	check("after nat off for aaa", wantRuleset(true,
-		natFwd("ccc", "169.254.0.0/16"),
+		natFwd("ccc", "@blocked"),
 		`iifname "bgtest0" ip saddr 10.77.0.4 ip daddr != 169.254.0.0/16 accept comment "banger vm=ccc ip=10.77.0.4 tap=bgr-ccc"`,
 		`ip saddr 10.77.0.4 oifname != "bgtest0" masquerade comment "banger vm=ccc ip=10.77.0.4 tap=bgr-ccc"`, guards))
 	if err := fw.Remove(ctx, "aaa", "bgr-aaa"); err != nil {
@@ -404,5 +415,76 @@ func TestFirewallOwnForwardingRuleOnce(t *testing.T) {
 	}
 	if n := count(); n != 1 {
 		t.Fatalf("table with the set but without the rule: %d drop rules after Apply, want 1", n)
+	}
+}
+
+// Config.ExtraBlocked joins both sets (merged where they overlap or touch,
+// as the kernel refuses overlapping intervals), and a table left with other
+// contents (an older banger, another --nat-block) is brought up to date.
+func TestFirewallExtraBlocked(t *testing.T) {
+	fw, m := testFirewall(t)
+	ctx := context.Background()
+	setIPForward(t, "1")
+	if err := m.CreateTap(ctx, "bgr-aaa", 0); err != nil {
+		t.Fatal(err)
+	}
+	fw.Cfg.ExtraBlocked = []netip.Prefix{netip.MustParsePrefix("8.8.8.0/24"), netip.MustParsePrefix("9.9.9.9/32"),
+		netip.MustParsePrefix("203.0.113.0/25"), netip.MustParsePrefix("169.254.1.0/24"),
+		netip.MustParsePrefix("198.20.0.0/16")}
+	if err := fw.Cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Apply(ctx, vmNet("aaa", "10.77.0.2", "bgr-aaa", true)); err != nil {
+		t.Fatal(err)
+	}
+	sets := func() string {
+		got := normalize(nftRuleset(t))
+		i, j := strings.Index(got, "set blocked {"), strings.Index(got, "chain forward {")
+		if i < 0 || j < i {
+			t.Fatalf("no sets in:\n%s", got)
+		}
+		return strings.TrimSpace(got[i:j])
+	}
+	want := normalize(`set blocked {
+type ipv4_addr
+flags interval
+elements = { 8.8.8.0/24, 9.9.9.9,
+168.63.129.16, 169.254.0.0/16,
+198.20.0.0/16, 203.0.113.0/25 }
+}
+set nonpublic {
+type ipv4_addr
+flags interval
+elements = { 0.0.0.0/8, 8.8.8.0/24,
+9.9.9.9, 10.0.0.0/8,
+100.64.0.0/10, 127.0.0.0/8,
+168.63.129.16, 169.254.0.0/16,
+172.16.0.0/12, 192.0.0.0/24,
+192.0.2.0/24, 192.168.0.0/16,
+198.18.0.0-198.20.255.255, 198.51.100.0/24,
+203.0.113.0/24, 224.0.0.0/3 }
+}`)
+	if got := sets(); got != want {
+		t.Fatalf("sets with --nat-block:\n%s\nwant:\n%s", got, want)
+	}
+	// The next daemon runs without --nat-block: the sets follow.
+	fw2 := &Firewall{Cfg: testManager().Cfg, NetNSFd: fw.NetNSFd}
+	if err := fw2.Apply(ctx, vmNet("aaa", "10.77.0.2", "bgr-aaa", true)); err != nil {
+		t.Fatal(err)
+	}
+	if got := sets(); got != normalize(defaultSets) {
+		t.Fatalf("sets after a restart without --nat-block:\n%s\nwant:\n%s", got, normalize(defaultSets))
+	}
+	for _, bad := range [][]netip.Prefix{{netip.MustParsePrefix("fd00::/8")}, {{}}} {
+		if err := (Config{ExtraBlocked: bad}).Validate(); err == nil {
+			t.Errorf("ExtraBlocked %v accepted", bad)
+		}
+	}
+	if _, err := ParseBlocked("10.0.0.0/8,::1"); err == nil {
+		t.Error("ParseBlocked accepted an ipv6 address")
+	}
+	if ps, err := ParseBlocked(" 10.1.2.3/8, 1.2.3.4 ,"); err != nil || len(ps) != 2 || ps[0].String() != "10.0.0.0/8" ||
+		ps[1].String() != "1.2.3.4/32" {
+		t.Errorf("ParseBlocked = %v, %v", ps, err)
 	}
 }

@@ -66,6 +66,27 @@ const sshNoRexec = `ExecStart=
 ExecStart=/usr/sbin/sshd -D -r $SSHD_OPTS
 `
 
+// AgentUnit runs banger-agent's host channel (virtio-serial or vsock).
+const AgentUnit = "banger-agent.service"
+
+// agentUnit starts the agent as early as sshd (DefaultDependencies=no: /init
+// mounted everything) and restarts it whatever way it dies, without the
+// start limit: the daemon falls back to SSH only while it is down.
+const agentUnit = `# Written by banger: the guest agent's channel to the host.
+[Unit]
+Description=banger guest agent
+DefaultDependencies=no
+After=systemd-journald.socket
+Conflicts=shutdown.target
+Before=shutdown.target
+StartLimitIntervalSec=0
+
+[Service]
+ExecStart=/usr/local/bin/banger-agent serve
+Restart=always
+RestartSec=200ms
+`
+
 const fstab = `# Written by banger. There is no udev in the guest: /init mounts the root file
 # system (rw) and the work disk at /root before systemd starts, so nothing is
 # listed here and systemd waits on no device unit.
@@ -351,7 +372,13 @@ func (c customizer) agent(agentPath string) error {
 		return err
 	}
 	// The init= of images without systemd: the agent's first-boot mode.
-	return c.symlink(path.Base(AgentGuestPath), FirstBootGuestPath)
+	if err := c.symlink(path.Base(AgentGuestPath), FirstBootGuestPath); err != nil {
+		return err
+	}
+	if err := c.writeFile(path.Join(systemdEtc, AgentUnit), []byte(agentUnit), 0o644); err != nil {
+		return err
+	}
+	return c.symlink("/"+path.Join(systemdEtc, AgentUnit), path.Join(systemdEtc, "sysinit.target.wants", AgentUnit))
 }
 
 // readDir lists a directory of the tree; a missing one is empty.

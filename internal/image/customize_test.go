@@ -136,6 +136,7 @@ etc/systemd/system/apt-daily-upgrade.service -> /dev/null
 etc/systemd/system/apt-daily-upgrade.timer -> /dev/null
 etc/systemd/system/apt-daily.service -> /dev/null
 etc/systemd/system/apt-daily.timer -> /dev/null
+etc/systemd/system/banger-agent.service 0644 N
 etc/systemd/system/dev-hugepages.mount -> /dev/null
 etc/systemd/system/dev-mqueue.mount -> /dev/null
 etc/systemd/system/dpkg-db-backup.service -> /dev/null
@@ -168,6 +169,8 @@ etc/systemd/system/sys-fs-fuse-connections.mount -> /dev/null
 etc/systemd/system/sys-kernel-config.mount -> /dev/null
 etc/systemd/system/sys-kernel-debug.mount -> /dev/null
 etc/systemd/system/sys-kernel-tracing.mount -> /dev/null
+etc/systemd/system/sysinit.target.wants/ 0755
+etc/systemd/system/sysinit.target.wants/banger-agent.service -> /etc/systemd/system/banger-agent.service
 etc/systemd/system/systemd-ask-password-console.path -> /dev/null
 etc/systemd/system/systemd-ask-password-wall.path -> /dev/null
 etc/systemd/system/systemd-binfmt.service -> /dev/null
@@ -258,7 +261,7 @@ usr/local/bin/banger-agent 0755 8`
 	}
 }
 
-var confSize = regexp.MustCompile(`(banger\.conf 0644) \d+`)
+var confSize = regexp.MustCompile(`(banger\.conf 0644|banger-agent\.service 0644) \d+`)
 
 func TestCustomizeAddsInclude(t *testing.T) {
 	root := t.TempDir()

@@ -52,6 +52,7 @@ const (
 	VMAPISocket   = "qmp.sock"
 	VMConsoleLog  = "console.log"
 	VMConsoleSock = "console.sock"
+	VMAgentSock   = "agent.sock" // the guest agent's channel (QEMU's virtio-serial port)
 	VMMLog        = "vmm.log"
 	VMPIDFile     = "vmm.pid"
 	VMHandlesFile = "handles.json"

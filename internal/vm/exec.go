@@ -19,7 +19,7 @@ func (s *Service) Exec(ctx context.Context, name string, req guest.ExecRequest) 
 	if !s.Running(v) {
 		return 0, fmt.Errorf("vm %q is %s: %w", v.Name, v.State, api.ErrNotRunning)
 	}
-	return s.d.SSH.Exec(ctx, s.target(v), req)
+	return s.d.Guest.Exec(ctx, s.target(v), req)
 }
 
 // SSHInfo tells the CLI how to reach a running VM directly.

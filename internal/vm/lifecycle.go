@@ -110,7 +110,7 @@ func (s *Service) start(ctx context.Context, v *store.VM, bootTimeout time.Durat
 			s.mu.Lock()
 			s.stopped[v.ID] = true
 			s.mu.Unlock()
-			s.d.SSH.Drop(v.ID)
+			s.d.Guest.Drop(v.ID)
 			if h.PID == 0 {
 				if pid, ok := s.d.Driver.Find(spec); ok {
 					h.PID = pid
@@ -127,7 +127,7 @@ func (s *Service) start(ctx context.Context, v *store.VM, bootTimeout time.Durat
 		{name: "wait_ready", do: func(ctx context.Context) error {
 			wctx, cancel := context.WithTimeout(ctx, bootTimeout)
 			defer cancel()
-			err := s.d.SSH.WaitReady(wctx, s.target(*v), 250*time.Millisecond)
+			err := s.d.Guest.WaitReady(wctx, s.target(*v), 250*time.Millisecond)
 			if err != nil && !s.d.Driver.Alive(h.PID) {
 				return fmt.Errorf("vmm exited during boot: %w\nconsole tail:\n%s", err, s.consoleTail(*v, 2048))
 			}
@@ -217,16 +217,12 @@ func (s *Service) Stop(ctx context.Context, name string, force bool) (store.VM, 
 	s.stopped[v.ID] = true
 	s.mu.Unlock()
 	if !force {
-		// ~2 s to reach the guest; once reached, sync gets the time it needs,
-		// since it is what makes written data durable on the host's file.
-		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := s.d.SSH.Client(rctx, s.target(v))
+		// Shutdown reaches the guest within ~2 s or fails; once reached,
+		// sync gets the time it needs, since it is what makes written
+		// data durable on the host's file.
+		sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		err := s.d.Guest.Shutdown(sctx, s.target(v))
 		cancel()
-		if err == nil {
-			sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-			err = s.d.SSH.Shutdown(sctx, s.target(v))
-			cancel()
-		}
 		if err != nil {
 			s.d.Log.WarnContext(ctx, "graceful stop failed, killing", "vm", v.Name, "err", err)
 		} else {
@@ -246,7 +242,7 @@ func (s *Service) teardown(ctx context.Context, v *store.VM, state, lastErr stri
 	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
 	defer cancel()
 	var errs []error
-	s.d.SSH.Drop(v.ID)
+	s.d.Guest.Drop(v.ID)
 	h := s.handle(v.ID)
 	pid := 0
 	if h != nil {

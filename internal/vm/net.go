@@ -252,7 +252,7 @@ func (s *Service) Ports(ctx context.Context, name string) ([]api.Port, error) {
 	// kept as a bounded tail.
 	var out bytes.Buffer
 	var errb guest.Tail
-	code, err := s.d.SSH.Exec(ctx, s.target(v), guest.ExecRequest{Argv: []string{"ss", "-H", "-l", "-n", "-t", "-u", "-p"},
+	code, err := s.d.Guest.Exec(ctx, s.target(v), guest.ExecRequest{Argv: []string{"ss", "-H", "-l", "-n", "-t", "-u", "-p"},
 		Stdout: guest.NewLimitWriter(&out, PortsLimit, "ss output"), Stderr: &errb})
 	if err != nil {
 		return nil, fmt.Errorf("vm %q: ss: %w", v.Name, err)

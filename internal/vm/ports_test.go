@@ -56,7 +56,7 @@ func TestPortsReadsBoundedGuestOutput(t *testing.T) {
 	f := newFixture(t)
 	g := &ssGuest{fakeGuest: fakeGuest{f.h}}
 	d := f.deps
-	d.SSH = g
+	d.Guest = g
 	svc := New(d)
 	if _, err := svc.Create(context.Background(), api.CreateVMParams{Name: "web", WorkDisk: "32M"}, nil); err != nil {
 		t.Fatal(err)

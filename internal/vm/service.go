@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -92,7 +93,7 @@ type Limits interface {
 	Prune(keep map[string]bool) error
 }
 
-// Guest reaches into running VMs (internal/guest.Pool in production).
+// Guest reaches into running VMs (internal/guest.Router in production).
 type Guest interface {
 	WaitReady(ctx context.Context, t guest.Target, interval time.Duration) error
 	Exec(ctx context.Context, t guest.Target, req guest.ExecRequest) (int, error)
@@ -117,7 +118,7 @@ type Deps struct {
 	Net        Network
 	Subnet     netip.Prefix // guest addresses; the gateway is its first host
 	Gateway    netip.Addr
-	SSH        Guest
+	Guest      Guest // the agent when it answers, else SSH (guest.Router)
 	KnownHosts Pins
 	ClientKey  ssh.PublicKey
 	UID, GID   int      // the VMM runs as this user
@@ -481,5 +482,7 @@ func netipMask(p netip.Prefix) string {
 }
 
 func (s *Service) target(v store.VM) guest.Target {
-	return guest.Target{VMID: v.ID, Addr: netip.AddrPortFrom(netip.MustParseAddr(v.GuestIP), 22).String(), User: guestUser}
+	dir := s.d.Layout.VM(v.ID)
+	return guest.Target{VMID: v.ID, Addr: netip.AddrPortFrom(netip.MustParseAddr(v.GuestIP), 22).String(), User: guestUser,
+		Agent: func(ctx context.Context) (net.Conn, error) { return s.d.Driver.DialAgent(ctx, dir) }}
 }

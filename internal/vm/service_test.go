@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -245,7 +246,7 @@ func newFixture(t *testing.T) *fixture {
 	d := Deps{
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Layout: layout, Store: st, Runner: runner,
 		Driver: fakeDriver{h}, Net: fakeNet{h}, Subnet: netip.MustParsePrefix("172.30.9.0/24"),
-		Gateway: netip.MustParseAddr("172.30.9.1"), SSH: fakeGuest{h}, KnownHosts: kh, ClientKey: signer.PublicKey(),
+		Gateway: netip.MustParseAddr("172.30.9.1"), Guest: fakeGuest{h}, KnownHosts: kh, ClientKey: signer.PublicKey(),
 	}
 	return &fixture{svc: New(d), h: h, st: st, layout: layout, kh: kh, deps: d}
 }
@@ -506,4 +507,9 @@ func TestConcurrentCreatesGetDistinctIPs(t *testing.T) {
 		}
 		seen[v.GuestIP] = true
 	}
+}
+
+// DialAgent: the fake guests have no agent; the Router falls back to SSH.
+func (d fakeDriver) DialAgent(ctx context.Context, dir string) (net.Conn, error) {
+	return nil, errors.New("fake driver: no agent channel")
 }

@@ -7,6 +7,7 @@ package vmm
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 )
 
@@ -69,4 +70,15 @@ type Driver interface {
 	Kill(pid int) error
 	// Alive reports whether pid is a live (not zombie) process.
 	Alive(pid int) bool
+	// DialAgent connects to the guest agent's channel of the VM in dir
+	// (QEMU: the virtio-serial port's socket; Firecracker: its hybrid
+	// vsock). The stream is the agent's; the handshake is the caller's.
+	DialAgent(ctx context.Context, dir string) (net.Conn, error)
 }
+
+// Guest agent channel: the virtio-serial port's name in the guest and the
+// vsock port the agent listens on.
+const (
+	AgentSerialName = "banger.agent"
+	AgentVsockPort  = 1024
+)

@@ -61,6 +61,10 @@ const (
 	maxSocketPath = vmm.MaxSocketPath
 )
 
+// DefaultVsockCID is the guest CID New sets: every VM gets a vsock device
+// for the guest agent (banger-agent listens on vmm.AgentVsockPort).
+const DefaultVsockCID = 3
+
 // Driver is the Firecracker vmm.Driver.
 type Driver struct {
 	Runner system.Runner
@@ -88,7 +92,7 @@ var _ vmm.Driver = (*Driver)(nil)
 
 // New returns a driver using r to run Firecracker.
 func New(r system.Runner, log *slog.Logger) *Driver {
-	return &Driver{Runner: r, Log: log, Binary: DefaultBinary}
+	return &Driver{Runner: r, Log: log, Binary: DefaultBinary, VsockCID: DefaultVsockCID}
 }
 
 func (d *Driver) Name() string { return "firecracker" }

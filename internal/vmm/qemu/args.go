@@ -29,7 +29,7 @@ const sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecont
 const tapFD = 3
 
 // files are the per-VM paths the driver owns inside Spec.Dir.
-type files struct{ qmp, pid, console, consoleSock, vmmLog string }
+type files struct{ qmp, pid, console, consoleSock, vmmLog, agentSock string }
 
 func vmFiles(dir string) files {
 	return files{
@@ -38,6 +38,7 @@ func vmFiles(dir string) files {
 		console:     filepath.Join(dir, paths.VMConsoleLog),
 		consoleSock: filepath.Join(dir, paths.VMConsoleSock),
 		vmmLog:      filepath.Join(dir, paths.VMMLog),
+		agentSock:   filepath.Join(dir, paths.VMAgentSock),
 	}
 }
 
@@ -141,6 +142,14 @@ func buildArgs(s vmm.Spec, accel Accel, tscKHz int) ([]string, error) {
 			"-device", "virtio-net-device,netdev=n0,mac="+strings.ToLower(s.MAC),
 		)
 	}
+	// The guest agent's channel, last so the disks and NIC keep their
+	// virtio-mmio slots: a named virtio-serial port, served to the daemon
+	// on a socket in the VM directory (0700, so only the owner reaches it).
+	a = append(a,
+		"-device", "virtio-serial-device",
+		"-chardev", "socket,id=agent,path="+optEsc(f.agentSock)+",server=on,wait=off",
+		"-device", "virtserialport,chardev=agent,name="+vmm.AgentSerialName,
+	)
 	return a, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -280,4 +281,12 @@ func firstLine(s string) string {
 		}
 	}
 	return ""
+}
+
+// DialAgent connects to the VM's virtio-serial agent port. QEMU serves one
+// client at a time: a second connection waits unanswered until the first
+// closes, so the daemon keeps one per VM.
+func (d *Driver) DialAgent(ctx context.Context, dir string) (net.Conn, error) {
+	var nd net.Dialer
+	return nd.DialContext(ctx, "unix", vmFiles(dir).agentSock)
 }

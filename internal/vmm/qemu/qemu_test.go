@@ -81,7 +81,10 @@ func TestBuildArgsTCG(t *testing.T) {
 -drive id=d1,file=/state/vms/abc123/odd,,name.qcow2,format=qcow2,if=none,cache=writeback,readonly=on
 -device virtio-blk-device,drive=d1
 -netdev tap,id=n0,ifname=bgr-abc123,script=no,downscript=no
--device virtio-net-device,netdev=n0,mac=02:ba:ac:1e:00:02`
+-device virtio-net-device,netdev=n0,mac=02:ba:ac:1e:00:02
+-device virtio-serial-device
+-chardev socket,id=agent,path=/state/vms/abc123/agent.sock,server=on,wait=off
+-device virtserialport,chardev=agent,name=banger.agent`
 	if r := render(got); r != want {
 		t.Errorf("args:\n%s\nwant:\n%s", r, want)
 	}
@@ -112,7 +115,10 @@ func TestBuildArgsKVMMinimal(t *testing.T) {
 -mon chardev=qmp,mode=control
 -pidfile /d/vmm.pid
 -kernel /k
--append console=ttyS0`
+-append console=ttyS0
+-device virtio-serial-device
+-chardev socket,id=agent,path=/d/agent.sock,server=on,wait=off
+-device virtserialport,chardev=agent,name=banger.agent`
 	if r := render(got); r != want {
 		t.Errorf("args:\n%s\nwant:\n%s", r, want)
 	}

@@ -1,0 +1,191 @@
+package agent
+
+import (
+	"context"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestInfo(t *testing.T) {
+	c := pair(t, &Server{Version: "v0.0.1-test"})
+	if c.Version() != "1.0 v0.0.1-test" {
+		t.Fatalf("handshake version %q", c.Version())
+	}
+	info, err := c.Info(testCtx(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	var u unix.Utsname
+	_ = unix.Uname(&u)
+	if info.Version != "v0.0.1-test" || info.Protocol != "1.0" || info.Hostname != host ||
+		info.Kernel != unix.ByteSliceToString(u.Release[:]) || info.Uptime <= 0 {
+		t.Fatalf("info %+v", info)
+	}
+}
+
+func TestStats(t *testing.T) {
+	c := pair(t, &Server{})
+	a, err := c.Stats(testCtx(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Burn some CPU so the second sample differs.
+	for end := time.Now().Add(50 * time.Millisecond); time.Now().Before(end); {
+	}
+	b, err := c.Stats(testCtx(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.MemTotal < 1<<20 || a.MemAvailable == 0 || a.Root.Total == 0 || a.Root.Used == 0 || a.Home.Total == 0 ||
+		a.CPU.total() == 0 || a.Uptime <= 0 || b.CPU.total() < a.CPU.total() {
+		t.Fatalf("stats %+v then %+v", a, b)
+	}
+	if p := CPUPercent(a.CPU, b.CPU); p < 0 || p > 100 {
+		t.Fatalf("cpu %v%%", p)
+	}
+	if CPUPercent(b.CPU, a.CPU) != 0 {
+		t.Fatal("out-of-order samples gave a CPU share")
+	}
+}
+
+func TestPorts(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	u, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	comm, _ := os.ReadFile("/proc/self/comm")
+	want := []Port{
+		{Proto: "tcp", Addr: "127.0.0.1", Port: l.Addr().(*net.TCPAddr).Port, Process: strings.TrimSpace(string(comm)), PID: os.Getpid()},
+		{Proto: "udp", Addr: "127.0.0.1", Port: u.LocalAddr().(*net.UDPAddr).Port, Process: strings.TrimSpace(string(comm)), PID: os.Getpid()},
+	}
+	c := pair(t, &Server{})
+	ports, err := c.Ports(testCtx(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range want {
+		if !slices.Contains(ports, w) {
+			t.Errorf("%+v missing from %+v", w, ports)
+		}
+	}
+	// The client side of a connection is not listening.
+	conn, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ports, _ = c.Ports(testCtx(t, 10*time.Second))
+	for _, p := range ports {
+		if p.Port == conn.LocalAddr().(*net.TCPAddr).Port && p.Proto == "tcp" {
+			t.Errorf("connected socket listed: %+v", p)
+		}
+	}
+}
+
+func TestParseProcNet(t *testing.T) {
+	tcp6 := "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n" +
+		"   0: 00000000000000000000000001000000:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1234 1 0000000000000000 100 0 0 10 0\n" +
+		"   1: 0000000000000000FFFF00000100007F:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 99 1 0000000000000000 100 0 0 10 0\n" +
+		"   2: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 01 00000000:00000000 00:00000000 00000000     0        0 5 1\n" +
+		"   3: garbage\n"
+	got := parseProcNet([]byte(tcp6), "tcp", tcpListen)
+	want := "::1 22 1234|127.0.0.1 80 99"
+	var s []string
+	for _, e := range got {
+		s = append(s, e.addr.String()+" "+itoa(e.port)+" "+itoa(int(e.inode)))
+	}
+	if strings.Join(s, "|") != want {
+		t.Fatalf("got %q want %q", strings.Join(s, "|"), want)
+	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+// eventConn records writes into a shared event log.
+type eventConn struct {
+	net.Conn
+	log *eventLog
+}
+
+func (c *eventConn) Write(p []byte) (int, error) {
+	c.log.add("write:" + string(p))
+	return c.Conn.Write(p)
+}
+
+type eventLog struct {
+	mu sync.Mutex
+	ev []string
+}
+
+func (l *eventLog) add(e string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ev = append(l.ev, e)
+}
+
+func (l *eventLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.ev, " ")
+}
+
+func TestShutdown(t *testing.T) {
+	events := &eventLog{}
+	powered := make(chan struct{})
+	srv := &Server{
+		Sync:     func() { events.add("sync") },
+		Poweroff: func() error { events.add("poweroff"); close(powered); return nil },
+	}
+	host, guest := socketPair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go srv.ServeConn(ctx, &eventConn{Conn: guest, log: events})
+	c, err := NewClient(testCtx(t, 10*time.Second), host, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	events.mu.Lock()
+	mark := len(events.ev) // the handshake's writes
+	events.mu.Unlock()
+	if err := c.Shutdown(testCtx(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-powered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("poweroff not called")
+	}
+	// The result frame went out after the sync and before the poweroff.
+	events.mu.Lock()
+	ev := events.ev[mark:]
+	events.mu.Unlock()
+	var order []string
+	var between string
+	for _, e := range ev {
+		switch {
+		case e == "sync" || e == "poweroff":
+			order = append(order, e)
+		case len(order) == 1:
+			between += strings.TrimPrefix(e, "write:")
+		}
+	}
+	if strings.Join(order, " ") != "sync poweroff" || !strings.Contains(between, string(header(frameResult, 2))+"{}") {
+		t.Fatalf("events %q", ev)
+	}
+}
