@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"github.com/banger-dev/banger/internal/agent"
 	"net"
 	"net/netip"
 	"os"
@@ -119,6 +121,9 @@ func (g fakeGuest) Drop(vmID string) {
 	g.h.mu.Lock()
 	defer g.h.mu.Unlock()
 	g.h.dropped = append(g.h.dropped, vmID)
+}
+func (g fakeGuest) Agent(ctx context.Context, t guest.Target) (*agent.Client, error) {
+	return nil, fmt.Errorf("fake guest: %w", guest.ErrNoAgent)
 }
 
 type fakePins struct{ h *fakeHost }

@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"fmt"
+	"github.com/banger-dev/banger/internal/agent"
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/guest"
@@ -32,4 +33,21 @@ func (s *Service) SSHTarget(ctx context.Context, name string) (store.VM, guest.T
 		return v, guest.Target{}, fmt.Errorf("vm %q is %s: %w", v.Name, v.State, api.ErrNotRunning)
 	}
 	return v, s.target(v), nil
+}
+
+// Agent returns a running VM's guest-agent session: stats and sessions
+// exist only over the agent (SSH has no equivalent).
+func (s *Service) Agent(ctx context.Context, name string) (store.VM, *agent.Client, error) {
+	v, err := s.Get(ctx, name)
+	if err != nil {
+		return v, nil, err
+	}
+	if !s.Running(v) {
+		return v, nil, fmt.Errorf("vm %q is %s: %w", v.Name, v.State, api.ErrNotRunning)
+	}
+	c, err := s.d.Guest.Agent(ctx, s.target(v))
+	if err != nil {
+		return v, nil, fmt.Errorf("vm %q: %w", v.Name, err)
+	}
+	return v, c, nil
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/banger-dev/banger/internal/agent"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -99,6 +100,9 @@ type Guest interface {
 	Exec(ctx context.Context, t guest.Target, req guest.ExecRequest) (int, error)
 	Shutdown(ctx context.Context, t guest.Target) error
 	Client(ctx context.Context, t guest.Target) (*ssh.Client, error)
+	// Agent is the VM's guest-agent session (stats, sessions); an error
+	// wrapping guest.ErrNoAgent when the agent does not answer.
+	Agent(ctx context.Context, t guest.Target) (*agent.Client, error)
 	Drop(vmID string)
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/banger-dev/banger/internal/agent"
 	"io"
 	"log/slog"
 	"net"
@@ -191,6 +192,9 @@ func (g fakeGuest) Exec(ctx context.Context, t guest.Target, req guest.ExecReque
 }
 func (g fakeGuest) Shutdown(ctx context.Context, t guest.Target) error { return nil }
 func (g fakeGuest) Drop(string)                                        {}
+func (g fakeGuest) Agent(ctx context.Context, t guest.Target) (*agent.Client, error) {
+	return nil, fmt.Errorf("fake guest: %w", guest.ErrNoAgent)
+}
 func (g fakeGuest) Client(ctx context.Context, t guest.Target) (*ssh.Client, error) {
 	return nil, nil
 }
