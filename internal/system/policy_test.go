@@ -22,6 +22,18 @@ var spawners = map[string]map[string]bool{
 // the guest's init hands PID 1 to systemd. It spawns nothing on the host.
 var replacesSelf = map[string]bool{"internal/agentinit/": true}
 
+// guestSide are the files of banger-agent's server, which runs inside the
+// guest and whose job is to start the user's commands there (exec,
+// sessions, poweroff); no host process runs this code. The host side of
+// internal/agent (client.go and the shared framing) stays under the rule.
+func guestSide(rel string) bool {
+	if !strings.HasPrefix(rel, "internal/agent/") {
+		return false
+	}
+	base := strings.TrimPrefix(rel, "internal/agent/")
+	return base == "server.go" || base == "exec_linux.go" || strings.HasPrefix(base, "session")
+}
+
 // Only internal/system may import os/exec or otherwise start a process:
 // every exec'd binary goes through the Runner seam. The e2e harness drives
 // the built binaries from outside (ip netns exec, ssh) and is exempt; it
@@ -41,7 +53,7 @@ func TestOnlySystemStartsProcesses(t *testing.T) {
 		}
 		files++
 		rel, _ := filepath.Rel(root, path)
-		if strings.HasPrefix(rel, "internal/system/") || strings.HasPrefix(rel, "test/e2e/") {
+		if strings.HasPrefix(rel, "internal/system/") || strings.HasPrefix(rel, "test/e2e/") || guestSide(rel) {
 			return nil
 		}
 		fset := token.NewFileSet()
