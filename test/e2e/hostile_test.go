@@ -40,8 +40,8 @@ const (
 	hostilePort    = 8022      // host listener (any address of the daemon's namespace)
 	hostileDummyIP = "10.250.0.1"
 	// Remote side, reachable from the daemon's namespace only over a veth.
-	hostileRemoteIP  = "198.51.100.9"
-	hostileUplinkIP  = "198.51.100.10"
+	hostileRemoteIP  = "198.20.1.9"
+	hostileUplinkIP  = "198.20.1.10"
 	hostileMetaIP    = "169.254.169.254"
 	hostilePrivateIP = "10.99.0.1"
 )

@@ -228,7 +228,9 @@ func TestVMMKilled(t *testing.T) {
 }
 
 // TestHostKeyMismatch: a guest presenting a key other than the pinned one is
-// refused as a possible MITM.
+// refused as a possible MITM on every SSH use. Readiness comes from the
+// guest agent (not on the network), so the VM starts; with a daemon that
+// reaches guests only over SSH the start itself fails.
 func TestHostKeyMismatch(t *testing.T) {
 	deleteOnCleanup(t, "mitm")
 	must(t, "vm", "create", "--name", "mitm", "--no-start")
@@ -245,9 +247,28 @@ func TestHostKeyMismatch(t *testing.T) {
 	if err := os.WriteFile(key+".pub", ssh.MarshalAuthorizedKey(pub), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	must(t, "vm", "start", "mitm")
+	for _, args := range [][]string{
+		{"vm", "ssh", "mitm", "--", "true"},
+		{"vm", "exec", "mitm", "--via", "ssh", "--", "true"},
+	} {
+		r := E.bangerRes(args...)
+		if r.code == 0 || !strings.Contains(r.stderr, "possible MITM") {
+			t.Fatalf("%v with a swapped host key: exit %d, want a possible MITM error: %s", args, r.code, r.stderr)
+		}
+	}
+	// The pin was not replaced by those attempts.
+	if !pinned(t, filepath.Join(E.stateDir, "ssh", "known_hosts"), v.GuestIP) {
+		t.Fatalf("the pin of %s is gone after a mismatch", v.GuestIP)
+	}
+	must(t, "vm", "stop", "mitm")
+
+	// SSH-only readiness refuses the start and leaves nothing running.
+	must(t, "daemon", "stop")
+	t.Setenv("BANGER_GUEST_VIA", "ssh")
 	r := E.bangerRes("vm", "start", "mitm", "--json")
 	if r.code == 0 {
-		t.Fatalf("start with a swapped host key succeeded")
+		t.Fatalf("start with a swapped host key succeeded (ssh readiness)")
 	}
 	if !strings.Contains(r.stderr, "possible MITM") {
 		t.Fatalf("want a possible MITM error, got: %s", r.stderr)
@@ -255,6 +276,8 @@ func TestHostKeyMismatch(t *testing.T) {
 	if v := showVM(t, "mitm"); v.State == "running" {
 		t.Fatalf("vm left running after host key mismatch")
 	}
+	must(t, "daemon", "stop")
+	os.Unsetenv("BANGER_GUEST_VIA")
 	must(t, "vm", "delete", "--force", "mitm")
 	assertGone(t, v)
 }

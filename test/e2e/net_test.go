@@ -23,8 +23,8 @@ import (
 
 const (
 	e2eGateway = "172.30.7.1" // BANGER_SUBNET of the harness
-	remoteIP   = "198.51.100.1"
-	uplinkIP   = "198.51.100.2"
+	remoteIP   = "198.20.0.1" // public space outside every blocked range (198.51.100/24 is documentation: blocked)
+	uplinkIP   = "198.20.0.2"
 )
 
 // inNS runs f on a thread switched into the named namespace; sockets made
