@@ -25,10 +25,11 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"init":      {"prepare the root file system and exec its init (PID 1 of the initramfs)", runInit},
-		"firstboot": {"init of images without systemd: install systemd and sshd, then exec systemd", runFirstBoot},
-		"serve":     {"serve the host daemon on the virtio-serial port and vsock", runServe},
-		"version":   {"print the version", runVersion},
+		"init":              {"prepare the root file system and exec its init (PID 1 of the initramfs)", runInit},
+		"firstboot":         {"init of images without systemd: install systemd and sshd, then exec systemd", runFirstBoot},
+		"serve":             {"serve the host daemon on the virtio-serial port and vsock", runServe},
+		"session-supervise": {"supervise one session (started by serve; STATE_DIR RUN_DIR NAME, spec on stdin)", runSupervise},
+		"version":           {"print the version", runVersion},
 	}
 }
 

@@ -187,6 +187,7 @@ func run() error {
 	if err := vms.Reconcile(ctx); err != nil {
 		log.Error("reconcile", "err", err)
 	}
+	go vms.RunIdle(ctx) // idle auto-stop; adopted VMs' idle clocks start now
 	stopNet := startNetServices(ctx, log, priv, netCfg, vms)
 	defer stopNet()
 	log.Info("bangerd listening", "socket", layout.Socket(), "pid", os.Getpid(), "state_dir", layout.Root)

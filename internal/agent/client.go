@@ -158,7 +158,10 @@ func (cl *call) result(out, errOut io.Writer, v any) error {
 			if err := json.Unmarshal(p, &m); err != nil {
 				return cl.wrap(fmt.Errorf("%w: error frame: %v", ErrProtocol, err))
 			}
-			return fmt.Errorf("agent %s: %s", cl.op, printable(m.Message, maxErrorText))
+			if cl.ctx.Err() != nil { // the agent answering the host's abort
+				return cl.wrap(errAborted)
+			}
+			return sessionError(cl.op, m)
 		default:
 			return cl.wrap(fmt.Errorf("%w: unexpected frame %q", ErrProtocol, t))
 		}
@@ -482,7 +485,22 @@ type Stats struct {
 	Root         DiskUsage     `json:"root"` // statfs("/")
 	Home         DiskUsage     `json:"home"` // statfs("/root")
 	Uptime       time.Duration `json:"uptime_ns"`
+	// SSH counts the guest's established TCP connections to its port 22
+	// (/proc/net/tcp{,6}); nil from an agent that predates it.
+	SSH *SSHConns `json:"ssh,omitempty"`
 }
+
+// SSHConns are the established TCP connections to the guest's port 22.
+type SSHConns struct {
+	Count int      `json:"count"`
+	Peers []string `json:"peers,omitempty"` // remote "addr:port" of the first MaxSSHPeers
+}
+
+// Bounds of Stats.SSH: what a guest reports beyond them is a protocol error.
+const (
+	MaxSSHPeers = 64
+	maxSSHConns = 1 << 20
+)
 
 // Stats samples the guest's CPU, memory, load and disk use.
 func (c *Client) Stats(ctx context.Context) (Stats, error) {
@@ -509,6 +527,19 @@ func (s Stats) validate() error {
 		return fmt.Errorf("%w: disk use over its size", ErrProtocol)
 	case s.Uptime < 0:
 		return fmt.Errorf("%w: negative uptime", ErrProtocol)
+	}
+	if c := s.SSH; c != nil {
+		if c.Count < 0 || c.Count > maxSSHConns || len(c.Peers) > min(c.Count, MaxSSHPeers) {
+			return fmt.Errorf("%w: %d ssh connections with %d peers", ErrProtocol, c.Count, len(c.Peers))
+		}
+		for _, p := range c.Peers {
+			if len(p) > 64 {
+				return fmt.Errorf("%w: ssh peer of %d bytes", ErrProtocol, len(p))
+			}
+			if _, err := netip.ParseAddrPort(p); err != nil {
+				return fmt.Errorf("%w: ssh peer %q", ErrProtocol, token(p, 64))
+			}
+		}
 	}
 	return nil
 }

@@ -206,7 +206,9 @@ func (s *Server) exec(ctx context.Context, sess *session, id uint32, req request
 			return execResult{}, fmt.Errorf("pty size: %w", err)
 		}
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+		// Pdeathsig: the unit kills only the agent (KillMode=process, for
+		// sessions), so an exec's shell must die with the agent by itself.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0, Pdeathsig: syscall.SIGKILL}
 		p.tty = master
 		outs, types = []*os.File{master}, []byte{frameOutput}
 	} else {
@@ -230,7 +232,7 @@ func (s *Server) exec(ctx context.Context, sess *session, id uint32, req request
 			outs, types, ws[i] = append(outs, r), append(types, t), w
 		}
 		cmd.Stdout, cmd.Stderr = ws[0], ws[1]
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
 	}
 	if err := cmd.Start(); err != nil {
 		return execResult{}, err

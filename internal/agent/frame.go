@@ -155,15 +155,16 @@ func (fw *frameWriter) pumpData(t byte, r io.Reader) (readErr, writeErr error) {
 
 // request is the first frame of every stream.
 type request struct {
-	Op      string   `json:"op"`
-	Command string   `json:"command,omitempty"` // exec
-	Stdin   bool     `json:"stdin,omitempty"`   // exec: input frames follow
-	TTY     *TTY     `json:"tty,omitempty"`     // exec
-	Path    string   `json:"path,omitempty"`    // put (directory), get
-	Stream  uint32   `json:"stream,omitempty"`  // ctl: the exec's stream
-	Signal  string   `json:"signal,omitempty"`  // ctl
-	Resize  *Winsize `json:"resize,omitempty"`  // ctl
-	Kill    bool     `json:"kill,omitempty"`    // ctl
+	Op      string      `json:"op"`
+	Command string      `json:"command,omitempty"` // exec
+	Stdin   bool        `json:"stdin,omitempty"`   // exec: input frames follow
+	TTY     *TTY        `json:"tty,omitempty"`     // exec
+	Path    string      `json:"path,omitempty"`    // put (directory), get
+	Stream  uint32      `json:"stream,omitempty"`  // ctl: the exec's stream
+	Signal  string      `json:"signal,omitempty"`  // ctl
+	Resize  *Winsize    `json:"resize,omitempty"`  // ctl
+	Kill    bool        `json:"kill,omitempty"`    // ctl
+	Session *sessionReq `json:"session,omitempty"` // session_* (session.go)
 }
 
 // Operation names.
@@ -176,6 +177,14 @@ const (
 	opPorts    = "ports"
 	opShutdown = "shutdown"
 	opCtl      = "ctl"
+
+	opSessionStart  = "session_start"
+	opSessionList   = "session_list"
+	opSessionLogs   = "session_logs"
+	opSessionAttach = "session_attach"
+	opSessionSend   = "session_send"
+	opSessionKill   = "session_kill"
+	opSessionResize = "session_resize"
 )
 
 type execResult struct {
@@ -184,4 +193,5 @@ type execResult struct {
 
 type errorMsg struct {
 	Message string `json:"message"`
+	Code    string `json:"code,omitempty"` // sessions: not_found, exists, ended, invalid
 }

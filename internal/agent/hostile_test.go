@@ -143,6 +143,10 @@ func TestHostileAgent(t *testing.T) {
 		replies := map[string]string{
 			"stats":  `{"mem_total":1,"mem_available":2}`,
 			"stats2": `{"load1":-1}`,
+			"stats3": `{"ssh":{"count":-1}}`,
+			"stats4": `{"ssh":{"count":1,"peers":["10.0.0.1:1","10.0.0.2:2"]}}`,
+			"stats5": `{"ssh":{"count":1,"peers":["10.0.0.1:1\u001b[2J"]}}`,
+			"stats6": `{"ssh":{"count":2000000}}`,
 			"info":   `{"hostname":"a\u001b[31m"}`,
 			"exec":   `{"exit_code":-1}`,
 			"ports":  `[{"proto":"tcp","addr":"not an ip","port":1}]`,
@@ -161,7 +165,7 @@ func TestHostileAgent(t *testing.T) {
 			ctx := testCtx(t, 10*time.Second)
 			var err error
 			switch name {
-			case "stats", "stats2":
+			case "stats", "stats2", "stats3", "stats4", "stats5", "stats6":
 				_, err = c.Stats(ctx)
 			case "info":
 				_, err = c.Info(ctx)

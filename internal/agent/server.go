@@ -25,6 +25,11 @@ type Server struct {
 	Poweroff func() error
 	// Sync flushes file systems before Shutdown replies; nil means sync(2).
 	Sync func()
+	// Stats samples the guest for the stats operation; nil reads /proc and
+	// statfs (a test seam, like Sync and Poweroff).
+	Stats func() (Stats, error)
+	// Sessions places supervised sessions (session_linux.go).
+	Sessions SessionConfig
 }
 
 // errAborted is an operation the host abandoned mid-way.
@@ -102,7 +107,7 @@ func (s *Server) serveStream(ctx context.Context, sess *session, st *yamux.Strea
 		_ = fw.writeJSON(frameError, errorMsg{Message: "bad request: " + err.Error()})
 		return
 	}
-	if req.Op != opExec && req.Op != opPut {
+	if req.Op != opExec && req.Op != opPut && req.Op != opSessionAttach && req.Op != opSessionSend && req.Op != opSessionLogs {
 		// Operations without input: a host that closes its end aborts them
 		// (a Get stuck on a full window must not wait for the close timeout).
 		go func() {
@@ -115,7 +120,7 @@ func (s *Server) serveStream(ctx context.Context, sess *session, st *yamux.Strea
 	case opInfo:
 		res, err = s.info()
 	case opStats:
-		res, err = readStats()
+		res, err = s.stats()
 	case opPorts:
 		err = writePorts(fw)
 	case opExec:
@@ -129,8 +134,25 @@ func (s *Server) serveStream(ctx context.Context, sess *session, st *yamux.Strea
 	case opShutdown:
 		s.shutdown(fw)
 		return
+	case opSessionStart:
+		res, err = s.sessionStart(ctx, req.Session)
+	case opSessionList:
+		err = s.writeSessionList(fw)
+	case opSessionLogs:
+		err = s.sessionLogs(ctx, req.Session, fr, fw)
+	case opSessionAttach:
+		err = s.sessionProxy(ctx, supAttach, req.Session, st, fw)
+	case opSessionSend:
+		err = s.sessionProxy(ctx, supSend, req.Session, st, fw)
+	case opSessionKill:
+		err = s.sessionCtl(supKill, req.Session)
+	case opSessionResize:
+		err = s.sessionCtl(supResize, req.Session)
 	default:
 		err = fmt.Errorf("unknown operation %q", req.Op)
+	}
+	if errors.Is(err, errReplied) {
+		return
 	}
 	if err != nil {
 		log.Debug("agent: operation failed", "op", req.Op, "err", err)
@@ -138,7 +160,7 @@ func (s *Server) serveStream(ctx context.Context, sess *session, st *yamux.Strea
 		if len(msg) > 8<<10 {
 			msg = msg[:8<<10]
 		}
-		_ = fw.writeJSON(frameError, errorMsg{Message: msg})
+		_ = fw.writeJSON(frameError, errorMsg{Message: msg, Code: errCode(err)})
 		return
 	}
 	if err := fw.writeJSON(frameResult, res); err != nil {

@@ -56,6 +56,13 @@ func readUptime() (time.Duration, error) {
 	return time.Duration(sec * float64(time.Second)), nil
 }
 
+func (s *Server) stats() (Stats, error) {
+	if s.Stats != nil {
+		return s.Stats()
+	}
+	return readStats()
+}
+
 func readStats() (Stats, error) {
 	var st Stats
 	var err error
@@ -81,7 +88,46 @@ func readStats() (Stats, error) {
 	if st.Uptime, err = readUptime(); err != nil {
 		return Stats{}, err
 	}
+	if st.SSH, err = readSSHConns(); err != nil {
+		return Stats{}, err
+	}
 	return st, nil
+}
+
+// readSSHConns counts the established TCP connections to local port 22.
+func readSSHConns() (*SSHConns, error) {
+	c := &SSHConns{}
+	for _, file := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile("/proc/net/" + file)
+		if os.IsNotExist(err) {
+			continue // no IPv6
+		}
+		if err != nil {
+			return nil, err
+		}
+		countSSH(c, b)
+	}
+	return c, nil
+}
+
+// countSSH adds the established connections to local port 22 of one
+// /proc/net/tcp{,6} table to c, keeping the first MaxSSHPeers remote ends.
+func countSSH(c *SSHConns, b []byte) {
+	for i, line := range bytes.Split(b, []byte("\n")) {
+		fl := strings.Fields(string(line))
+		if i == 0 || len(fl) < 4 || fl[3] != tcpEstablished {
+			continue
+		}
+		_, lport, ok := parseHexAddr(fl[1])
+		raddr, rport, rok := parseHexAddr(fl[2])
+		if !ok || !rok || lport != sshPort {
+			continue
+		}
+		c.Count++
+		if len(c.Peers) < MaxSSHPeers {
+			c.Peers = append(c.Peers, netip.AddrPortFrom(raddr, uint16(rport)).String())
+		}
+	}
 }
 
 func readCPU() (CPUTimes, error) {
@@ -149,8 +195,10 @@ func diskUsage(p string) (DiskUsage, error) {
 
 // Socket states in /proc/net/*.
 const (
-	tcpListen = "0A"
-	udpClose  = "07" // an unconnected UDP socket: bound, receiving
+	tcpEstablished = "01"
+	tcpListen      = "0A"
+	udpClose       = "07" // an unconnected UDP socket: bound, receiving
+	sshPort        = 22
 )
 
 type socketEntry struct {

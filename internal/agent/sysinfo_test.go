@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"slices"
@@ -48,6 +49,9 @@ func TestStats(t *testing.T) {
 	if a.MemTotal < 1<<20 || a.MemAvailable == 0 || a.Root.Total == 0 || a.Root.Used == 0 || a.Home.Total == 0 ||
 		a.CPU.total() == 0 || a.Uptime <= 0 || b.CPU.total() < a.CPU.total() {
 		t.Fatalf("stats %+v then %+v", a, b)
+	}
+	if a.SSH == nil {
+		t.Fatal("stats without the ssh connection count")
 	}
 	if p := CPUPercent(a.CPU, b.CPU); p < 0 || p > 100 {
 		t.Fatalf("cpu %v%%", p)
@@ -187,5 +191,38 @@ func TestShutdown(t *testing.T) {
 	}
 	if strings.Join(order, " ") != "sync poweroff" || !strings.Contains(between, string(header(frameResult, 2))+"{}") {
 		t.Fatalf("events %q", ev)
+	}
+}
+
+// The agent counts established connections to local port 22 only, from both
+// tables, and names at most MaxSSHPeers of them.
+func TestCountSSH(t *testing.T) {
+	hdr := "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+	tcp := hdr +
+		"   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 11 1\n" + // listening
+		"   1: 0A00001E:0016 0100001E:D431 01 00000000:00000000 00:00000000 00000000     0        0 12 1\n" + // ssh from 30.0.0.1:54321
+		"   2: 0A00001E:0050 0100001E:D432 01 00000000:00000000 00:00000000 00000000     0        0 13 1\n" + // port 80
+		"   3: 0A00001E:0016 0100001E:D433 06 00000000:00000000 00:00000000 00000000     0        0 14 1\n" + // TIME_WAIT
+		"   4: garbage\n"
+	tcp6 := hdr +
+		"   0: 0000000000000000FFFF00000A00001E:0016 0000000000000000FFFF00000100001E:D434 01 00000000:00000000 00:00000000 00000000     0        0 15 1\n" +
+		"   1: 00000000000000000000000001000000:0016 00000000000000000000000001000000:9C40 01 00000000:00000000 00:00000000 00000000     0        0 16 1\n"
+	c := &SSHConns{}
+	countSSH(c, []byte(tcp))
+	countSSH(c, []byte(tcp6))
+	if got := fmt.Sprintf("%d %v", c.Count, c.Peers); got != "3 [30.0.0.1:54321 30.0.0.1:54324 [::1]:40000]" {
+		t.Fatalf("got %s", got)
+	}
+	many := hdr
+	for i := range MaxSSHPeers + 5 {
+		many += fmt.Sprintf("   %d: 0A00001E:0016 0100001E:%04X 01 0 0 0 0 0 %d 1\n", i, 1000+i, 100+i)
+	}
+	c = &SSHConns{}
+	countSSH(c, []byte(many))
+	if c.Count != MaxSSHPeers+5 || len(c.Peers) != MaxSSHPeers {
+		t.Fatalf("count %d peers %d", c.Count, len(c.Peers))
+	}
+	if err := (Stats{SSH: c}).validate(); err != nil {
+		t.Fatalf("the agent's own bounded reply is refused: %v", err)
 	}
 }

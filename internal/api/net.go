@@ -15,6 +15,9 @@ type SetVMParams struct {
 	HostAccess *bool  `json:"host_access,omitempty"`
 	VCPU       *int   `json:"vcpu,omitempty"`
 	MemoryMiB  *int   `json:"memory_mib,omitempty"`
+	// IdleTimeout (seconds, 0 = off) is the one change a running VM takes,
+	// at once.
+	IdleTimeout *int `json:"idle_timeout_s,omitempty"`
 }
 
 // Port is one listening socket in a guest.

@@ -49,6 +49,7 @@ type VM struct {
 	LastError     string    `json:"last_error,omitempty"`
 	Dir           string    `json:"dir"`
 	CreatedAt     time.Time `json:"created_at"`
+	Idle
 }
 
 // VMMProc is how a running VMM process is confined (/proc/<pid>/status).
@@ -76,6 +77,7 @@ type CreateVMParams struct {
 	NATPrivate  bool   `json:"nat_private,omitempty"` // with NAT: also private/special ranges (never link-local)
 	HostAccess  bool   `json:"host_access,omitempty"` // reach services on any host address, not just DNS
 	BootTimeout int    `json:"boot_timeout_s,omitempty"`
+	IdleTimeout int    `json:"idle_timeout_s,omitempty"` // stop the VM after this many idle seconds; 0: never
 }
 
 type DeleteVMParams struct {

@@ -15,10 +15,10 @@ import (
 
 func (a *app) vmSetCmd() *cobra.Command {
 	var nat, natPrivate, hostAccess bool
-	var vcpu, mem int
+	var vcpu, mem, idle int
 	c := &cobra.Command{
-		Use:   "set NAME [--nat=true|false] [--nat-private=true|false] [--host-access=true|false] [--vcpu N] [--memory MiB]",
-		Short: "Change a stopped VM; applied at its next start",
+		Use:   "set NAME [--nat=true|false] [--nat-private=true|false] [--host-access=true|false] [--vcpu N] [--memory MiB] [--idle-timeout 30m|0]",
+		Short: "Change a stopped VM, applied at its next start (--idle-timeout alone: a running VM too, at once)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p := api.SetVMParams{Name: args[0]}
@@ -37,6 +37,9 @@ func (a *app) vmSetCmd() *cobra.Command {
 			if cmd.Flags().Changed("memory") {
 				p.MemoryMiB = &mem
 			}
+			if cmd.Flags().Changed("idle-timeout") {
+				p.IdleTimeout = &idle
+			}
 			var v api.VM
 			if err := a.call(cmd.Context(), api.MethodVMSet, p, &v); err != nil {
 				return err
@@ -49,6 +52,7 @@ func (a *app) vmSetCmd() *cobra.Command {
 	c.Flags().BoolVar(&hostAccess, "host-access", false, "let the guest reach services on any host address, not just DNS")
 	c.Flags().IntVar(&vcpu, "vcpu", 0, "virtual CPUs")
 	c.Flags().IntVar(&mem, "memory", 0, "memory in MiB")
+	c.Flags().Var(idleTimeoutFlag{&idle}, "idle-timeout", idleTimeoutUsage)
 	return c
 }
 

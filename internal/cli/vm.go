@@ -21,8 +21,9 @@ func (a *app) vmCmd() *cobra.Command {
 		a.vmSimpleCmd("restart", "Stop then start a VM", api.MethodVMRestart, true),
 		a.vmSimpleCmd("kill", "Kill a VM's VMM at once, without syncing", api.MethodVMKill, false),
 		a.vmDeleteCmd())
-	c.AddCommand(a.vmSetCmd(), a.vmPortsCmd())
+	c.AddCommand(a.vmSetCmd(), a.vmPortsCmd(), a.vmStatsCmd())
 	c.AddCommand(a.vmWorkspaceCmd(), a.vmSyncCmd())
+	c.AddCommand(a.vmSessionCmd())
 	return c
 }
 
@@ -39,6 +40,7 @@ func addCreateFlags(c *cobra.Command, p *api.CreateVMParams) {
 		"with --nat, also reach private and special ranges (LAN, 10/8, 172.16/12, 192.168/16, ...); link-local stays blocked")
 	c.Flags().BoolVar(&p.HostAccess, "host-access", false,
 		"let the guest reach services on any of the host's addresses (default: only the gateway's DNS)")
+	c.Flags().Var(idleTimeoutFlag{&p.IdleTimeout}, "idle-timeout", idleTimeoutUsage)
 }
 
 // createVM calls vm.create showing the stages as they happen.
@@ -120,6 +122,7 @@ func (a *app) renderVM(v api.VM) error {
 	}
 	rows = append(rows, [2]string{"nat", fmt.Sprint(v.NAT)}, [2]string{"nat private", fmt.Sprint(v.NATPrivate)},
 		[2]string{"host access", fmt.Sprint(v.HostAccess)})
+	rows = append(rows, idleRows(v)...)
 	if v.PID != 0 {
 		rows = append(rows, [2]string{"pid", fmt.Sprint(v.PID)})
 	}

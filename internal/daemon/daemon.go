@@ -74,6 +74,8 @@ func Register(srv *rpc.Server, d Deps) *Daemon {
 	srv.Handle(api.MethodDoctor, dm.doctor)
 	dm.registerWorkspace(srv)
 	dm.registerNet(srv)
+	dm.registerSession(srv)
+	dm.registerStats(srv)
 	return dm
 }
 

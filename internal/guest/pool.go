@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -248,6 +249,23 @@ func (p *Pool) WaitReady(ctx context.Context, t Target, interval time.Duration) 
 		case <-timer.C:
 		}
 	}
+}
+
+// LocalAddr is the host end of the VM's kept connection, if there is one:
+// the guest sees it as a connection to its port 22 that is no person's
+// session (the idle check leaves it out).
+func (p *Pool) LocalAddr(vmID string) (netip.AddrPort, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e := p.conns[vmID]
+	if e == nil || e.client == nil {
+		return netip.AddrPort{}, false
+	}
+	ap, err := netip.ParseAddrPort(e.client.LocalAddr().String())
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
 }
 
 // Drop closes and forgets the VM's connection (stop, delete).

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"syscall"
 	"time"
@@ -219,6 +220,15 @@ func (r *Router) Client(ctx context.Context, t Target) (*ssh.Client, error) {
 func (r *Router) Agent(ctx context.Context, t Target) (*agent.Client, error) {
 	t = r.target(t)
 	return r.Agents.client(ctx, t, true)
+}
+
+// KeptSSH lists the host ends of the SSH connections the daemon itself
+// keeps to the VM (at most one), which are no person's session.
+func (r *Router) KeptSSH(vmID string) []netip.AddrPort {
+	if a, ok := r.SSH.LocalAddr(vmID); ok {
+		return []netip.AddrPort{a}
+	}
+	return nil
 }
 
 // Drop forgets both connections of a VM (stop, delete).

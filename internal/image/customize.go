@@ -71,7 +71,9 @@ const AgentUnit = "banger-agent.service"
 
 // agentUnit starts the agent as early as sshd (DefaultDependencies=no: /init
 // mounted everything) and restarts it whatever way it dies, without the
-// start limit: the daemon falls back to SSH only while it is down.
+// start limit: the daemon falls back to SSH only while it is down. A
+// restart kills the agent alone (KillMode=process), not the sessions it
+// started.
 const agentUnit = `# Written by banger: the guest agent's channel to the host.
 [Unit]
 Description=banger guest agent
@@ -85,6 +87,9 @@ StartLimitIntervalSec=0
 ExecStart=/usr/local/bin/banger-agent serve
 Restart=always
 RestartSec=200ms
+# Only the agent itself: the supervisors of "vm session" sessions (and their
+# commands) must outlive an agent restart.
+KillMode=process
 `
 
 const fstab = `# Written by banger. There is no udev in the guest: /init mounts the root file

@@ -20,6 +20,8 @@ func (s *Service) Exec(ctx context.Context, name string, req guest.ExecRequest) 
 	if !s.Running(v) {
 		return 0, fmt.Errorf("vm %q is %s: %w", v.Name, v.State, api.ErrNotRunning)
 	}
+	release := s.Hold(v.ID) // the VM is in use while the command runs
+	defer release()
 	return s.d.Guest.Exec(ctx, s.target(v), req)
 }
 
@@ -45,6 +47,7 @@ func (s *Service) Agent(ctx context.Context, name string) (store.VM, *agent.Clie
 	if !s.Running(v) {
 		return v, nil, fmt.Errorf("vm %q is %s: %w", v.Name, v.State, api.ErrNotRunning)
 	}
+	s.Touch(v.ID) // a session or other use of the agent is activity (idle.go)
 	c, err := s.d.Guest.Agent(ctx, s.target(v))
 	if err != nil {
 		return v, nil, fmt.Errorf("vm %q: %w", v.Name, err)

@@ -47,6 +47,9 @@ func (s *Service) start(ctx context.Context, v *store.VM, bootTimeout time.Durat
 	s.mu.Lock()
 	delete(s.stopped, v.ID)
 	s.mu.Unlock()
+	if err := s.d.Store.SetStopReason(ctx, v.ID, "", time.Time{}); err != nil {
+		return err
+	}
 	steps := []step{
 		{name: "seed", do: func(ctx context.Context) error { return s.writeSeed(*v) }},
 		{name: "tap", do: func(ctx context.Context) error {
@@ -195,6 +198,12 @@ func (s *Service) killAndWait(pid int) error {
 // Stop shuts a VM down gracefully: sync over SSH, ask for poweroff, then kill
 // the VMM. An unreachable guest is killed after ~2 s. With force, skip the sync.
 func (s *Service) Stop(ctx context.Context, name string, force bool) (store.VM, error) {
+	return s.stop(ctx, name, force, 0)
+}
+
+// stop is Stop; idle > 0 is the idle check's stop, made only if the VM is
+// still idle once its lock is held, and recorded as the stop reason.
+func (s *Service) stop(ctx context.Context, name string, force bool, idle time.Duration) (store.VM, error) {
 	v, err := s.Get(ctx, name)
 	if err != nil {
 		return store.VM{}, err
@@ -203,6 +212,9 @@ func (s *Service) Stop(ctx context.Context, name string, force bool) (store.VM, 
 	defer unlock()
 	if v, err = s.Get(ctx, v.ID); err != nil {
 		return store.VM{}, err
+	}
+	if idle > 0 && !s.stillIdle(v.ID, idle) {
+		return v, fmt.Errorf("vm %q was used meanwhile; not stopped for idleness: %w", v.Name, api.ErrBusy)
 	}
 	h := s.handle(v.ID)
 	if h == nil || !s.d.Driver.Alive(h.PID) {
@@ -234,6 +246,9 @@ func (s *Service) Stop(ctx context.Context, name string, force bool) (store.VM, 
 		}
 	}
 	err = s.teardown(ctx, &v, StateStopped, "")
+	if idle > 0 && err == nil {
+		err = s.d.Store.SetStopReason(ctx, v.ID, "idle for "+fmtDuration(idle), s.now())
+	}
 	return v, err
 }
 
@@ -274,6 +289,7 @@ func (s *Service) teardown(ctx context.Context, v *store.VM, state, lastErr stri
 	if err := s.d.Store.UpdateVM(uctx, v); err != nil {
 		errs = append(errs, err)
 	}
+	s.endSessions(uctx, *v) // sessions.go: they show as ended, not gone
 	return errors.Join(errs...)
 }
 

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/guest"
@@ -189,12 +190,28 @@ func (s *Service) Set(ctx context.Context, p api.SetVMParams) (store.VM, error) 
 	if v, err = s.Get(ctx, v.ID); err != nil {
 		return store.VM{}, err
 	}
-	if s.Running(v) || v.State == StateRunning || v.State == StateCreating {
-		return v, fmt.Errorf("vm %q is %s; stop it first (changes apply at the next start): %w", v.Name, v.State, api.ErrBusy)
-	}
-	if p.NAT == nil && p.NATPrivate == nil && p.HostAccess == nil && p.VCPU == nil && p.MemoryMiB == nil {
-		return v, fmt.Errorf("vm set %q: nothing to change (give --nat, --nat-private, --host-access, --vcpu or --memory): %w",
+	others := p.NAT != nil || p.NATPrivate != nil || p.HostAccess != nil || p.VCPU != nil || p.MemoryMiB != nil
+	if !others && p.IdleTimeout == nil {
+		return v, fmt.Errorf("vm set %q: nothing to change (give --nat, --nat-private, --host-access, --vcpu, --memory or --idle-timeout): %w",
 			v.Name, api.ErrInvalid)
+	}
+	if p.IdleTimeout != nil {
+		// The one change a running VM takes, at once (idle.go).
+		if err := validIdleTimeout(*p.IdleTimeout); err != nil {
+			return v, err
+		}
+		if !others {
+			if err := s.d.Store.SetIdleTimeout(ctx, v.ID, time.Duration(*p.IdleTimeout)*time.Second); err != nil {
+				return v, err
+			}
+			s.Touch(v.ID) // the timeout runs from now
+			s.log().InfoContext(ctx, "vm set", "vm", v.Name, "idle_timeout_s", *p.IdleTimeout)
+			return v, nil
+		}
+	}
+	if s.Running(v) || v.State == StateRunning || v.State == StateCreating {
+		return v, fmt.Errorf("vm %q is %s; stop it first (changes apply at the next start; --idle-timeout alone applies at once): %w",
+			v.Name, v.State, api.ErrBusy)
 	}
 	pol, err := s.d.Store.NetPolicy(ctx, v.ID)
 	if err != nil {
@@ -230,6 +247,11 @@ func (s *Service) Set(ctx context.Context, p api.SetVMParams) (store.VM, error) 
 	}
 	if p.NAT != nil || p.NATPrivate != nil || p.HostAccess != nil {
 		if err := s.d.Store.SetNetPolicy(ctx, v.ID, pol); err != nil {
+			return v, err
+		}
+	}
+	if p.IdleTimeout != nil {
+		if err := s.d.Store.SetIdleTimeout(ctx, v.ID, time.Duration(*p.IdleTimeout)*time.Second); err != nil {
 			return v, err
 		}
 	}

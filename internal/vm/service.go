@@ -137,6 +137,8 @@ type Deps struct {
 	// from BANGER_FAILPOINT to kill the daemon at a chosen point); nil in
 	// production.
 	AfterStep func(step string)
+	// Now is the clock of the idle check (nil: time.Now).
+	Now func() time.Time
 }
 
 // Service is the VM lifecycle service.
@@ -149,6 +151,14 @@ type Service struct {
 	stopped map[string]bool        // VMs we are stopping on purpose (monitor must not flag them)
 	poolMu  sync.Mutex             // serialises TAP pool acquire/release (see tappool.go)
 
+	act activities // per-VM use, for idle auto-stop (idle.go)
+	// idleFloor is the shortest idle check interval and the checker's tick
+	// (0: idleMinInterval); tests shorten it.
+	idleFloor time.Duration
+	// sysClassNet and procDir are where TAP counters and the VMM's memory
+	// are read (stats.go); tests point them at fake trees.
+	sysClassNet, procDir string
+
 	// afterAllocIP runs between IP allocation and the row insert, under the
 	// service lock: a test barrier (nil in production) that makes concurrent
 	// creates collide every time if the lock is ever dropped.
@@ -157,7 +167,8 @@ type Service struct {
 
 // New returns the service. Call Reconcile before serving requests.
 func New(d Deps) *Service {
-	return &Service{d: d, locks: map[string]*sync.Mutex{}, handles: map[string]*Handles{}, stopped: map[string]bool{}}
+	return &Service{d: d, locks: map[string]*sync.Mutex{}, handles: map[string]*Handles{}, stopped: map[string]bool{},
+		act: activities{m: map[string]*activity{}}, sysClassNet: "/sys/class/net", procDir: "/proc"}
 }
 
 func (s *Service) lock(id string) func() {
@@ -181,6 +192,10 @@ func (s *Service) handle(id string) *Handles {
 func (s *Service) setHandle(id string, h *Handles) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// A launched or adopted VMM starts its idle clock afresh.
+	if old := s.handles[id]; h == nil || old == nil || old.PID != h.PID {
+		s.resetActivity(id, h != nil)
+	}
 	if h == nil {
 		delete(s.handles, id)
 		return
@@ -206,6 +221,7 @@ func (s *Service) View(v store.VM) api.VM {
 	}
 	pol := s.netPolicy(context.Background(), v)
 	out.NAT, out.NATPrivate, out.HostAccess = pol.NAT, pol.NATPrivate, pol.HostAccess
+	out.Idle = s.idleView(context.Background(), v)
 	if h := s.handle(v.ID); h != nil {
 		out.PID = h.PID
 		if h.PID > 0 {
@@ -255,6 +271,9 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 	}
 	if p.NATPrivate && !p.NAT {
 		return store.VM{}, fmt.Errorf("--nat-private needs --nat: %w", api.ErrInvalid)
+	}
+	if err := validIdleTimeout(p.IdleTimeout); err != nil {
+		return store.VM{}, err
 	}
 	if p.MemoryMiB < 128 || p.MemoryMiB > 64<<10 {
 		return store.VM{}, fmt.Errorf("memory %d MiB: must be 128-65536: %w", p.MemoryMiB, api.ErrInvalid)
@@ -346,7 +365,12 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 				return err
 			}
 			if pol := (store.NetPolicy{NAT: p.NAT, NATPrivate: p.NATPrivate, HostAccess: p.HostAccess}); pol != (store.NetPolicy{}) {
-				return s.d.Store.SetNetPolicy(ctx, v.ID, pol)
+				if err := s.d.Store.SetNetPolicy(ctx, v.ID, pol); err != nil {
+					return err
+				}
+			}
+			if p.IdleTimeout > 0 {
+				return s.d.Store.SetIdleTimeout(ctx, v.ID, time.Duration(p.IdleTimeout)*time.Second)
 			}
 			return nil
 		}},
