@@ -39,7 +39,8 @@ func NewClient(ctx context.Context, conn net.Conn, log *slog.Logger) (*Client, e
 		_ = conn.Close()
 		return nil, err
 	}
-	sess, err := yamux.Client(&bufConn{Conn: conn, r: br}, yamuxConfig(log, 1))
+	guarded := &guardedConn{Conn: conn, g: newPingGuard(br, log)}
+	sess, err := yamux.Client(guarded, yamuxConfig(log, 1))
 	if err != nil {
 		_ = conn.Close()
 		return nil, fmt.Errorf("agent session: %w", err)
@@ -88,7 +89,7 @@ func (c *Client) open(ctx context.Context, req request) (*call, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("agent %s: %w", req.Op, err)
 	}
-	st, err := c.sess.OpenStream()
+	st, err := c.openStream(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("agent %s: %w", req.Op, err)
 	}
@@ -102,6 +103,37 @@ func (c *Client) open(ctx context.Context, req request) (*call, error) {
 		return nil, cl.wrap(err)
 	}
 	return cl, nil
+}
+
+// openStream opens a stream, bounded by ctx. yamux's OpenStream waits, without
+// a context, for an unacknowledged open to be answered (AcceptBacklog 1); an
+// agent that stops accepting streams would hold every caller for the stream
+// close timeout. When ctx ends first, the agent is deemed unresponsive: the
+// session is closed (Done fires, so the caller redials) and a stream that
+// arrives after all is closed.
+func (c *Client) openStream(ctx context.Context) (*yamux.Stream, error) {
+	type opened struct {
+		st  *yamux.Stream
+		err error
+	}
+	ch := make(chan opened, 1)
+	go func() {
+		st, err := c.sess.OpenStream()
+		ch <- opened{st, err}
+	}()
+	select {
+	case o := <-ch:
+		return o.st, o.err
+	case <-ctx.Done():
+	}
+	c.log.Warn("agent did not take a stream in time; closing the session", "err", ctx.Err())
+	_ = c.sess.Close()
+	go func() {
+		if o := <-ch; o.st != nil {
+			_ = o.st.Close()
+		}
+	}()
+	return nil, ctx.Err()
 }
 
 func (cl *call) close() {
@@ -382,7 +414,7 @@ func (c *Client) ctl(ctx context.Context, req request) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	st, err := c.sess.OpenStream()
+	st, err := c.openStream(ctx)
 	if err != nil {
 		return fmt.Errorf("agent ctl: %w", err)
 	}
@@ -458,9 +490,12 @@ func (t CPUTimes) total() uint64 {
 }
 
 // CPUPercent is the share of busy CPU time between two samples, 0 to 100
-// (of all CPUs together); 0 when the samples are out of order.
+// (of all CPUs together); 0 when the samples are out of order. Steal (time
+// the host ran something else while a vCPU wanted to run) is neither busy
+// nor idle for the guest: it is left out of both, so a guest starved by a
+// busy host does not look busy.
 func CPUPercent(prev, cur CPUTimes) float64 {
-	pt, ct := prev.total(), cur.total()
+	pt, ct := prev.total()-prev.Steal, cur.total()-cur.Steal
 	pi, ci := prev.Idle+prev.IOWait, cur.Idle+cur.IOWait
 	if ct <= pt || ci < pi || ct-pt < ci-pi {
 		return 0
@@ -488,7 +523,18 @@ type Stats struct {
 	// SSH counts the guest's established TCP connections to its port 22
 	// (/proc/net/tcp{,6}); nil from an agent that predates it.
 	SSH *SSHConns `json:"ssh,omitempty"`
+	// SessionOutputAge is the whole seconds since a banger session last
+	// wrote output (the newest modification of a session log), or
+	// NoSessionOutput when no session has a log; nil from an agent that
+	// predates it.
+	SessionOutputAge *int64 `json:"session_output_age,omitempty"`
 }
+
+// NoSessionOutput is Stats.SessionOutputAge when no session has output.
+const NoSessionOutput = -1
+
+// maxSessionOutputAge bounds Stats.SessionOutputAge (over a century).
+const maxSessionOutputAge = 1 << 32
 
 // SSHConns are the established TCP connections to the guest's port 22.
 type SSHConns struct {
@@ -527,6 +573,9 @@ func (s Stats) validate() error {
 		return fmt.Errorf("%w: disk use over its size", ErrProtocol)
 	case s.Uptime < 0:
 		return fmt.Errorf("%w: negative uptime", ErrProtocol)
+	}
+	if a := s.SessionOutputAge; a != nil && (*a < NoSessionOutput || *a > maxSessionOutputAge) {
+		return fmt.Errorf("%w: session output age %d", ErrProtocol, *a)
 	}
 	if c := s.SSH; c != nil {
 		if c.Count < 0 || c.Count > maxSSHConns || len(c.Peers) > min(c.Count, MaxSSHPeers) {

@@ -117,12 +117,13 @@ func openPTY() (master, tty *os.File, err error) {
 		return nil, nil, err
 	}
 	defer m.Close()
-	fd, err := unix.Dup(int(m.Fd()))
+	// Close-on-exec from the start: a Dup then CloseOnExec would leak the
+	// master into a command another goroutine starts in between.
+	fd, err := unix.FcntlInt(m.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		_ = t.Close()
 		return nil, nil, err
 	}
-	unix.CloseOnExec(fd)
 	if err := unix.SetNonblock(fd, true); err != nil {
 		_ = unix.Close(fd)
 		_ = t.Close()

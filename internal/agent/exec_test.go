@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func run(t *testing.T, c *Client, r ExecRequest) (int, string, string) {
@@ -333,5 +335,27 @@ func TestExecOutputAfterExit(t *testing.T) {
 	code, out, _ = run(t, c, ExecRequest{Command: "(sleep 0.1; echo late) & echo early"})
 	if code != 0 || out != "early\nlate\n" {
 		t.Fatalf("code %d output %q", code, out)
+	}
+}
+
+// TestOpenPTYCloseOnExec: the master never reaches a started command.
+func TestOpenPTYCloseOnExec(t *testing.T) {
+	m, tty, err := openPTY()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	defer tty.Close()
+	raw, err := m.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flags int
+	var ferr error
+	if err := raw.Control(func(fd uintptr) { flags, ferr = unix.FcntlInt(fd, unix.F_GETFD, 0) }); err != nil || ferr != nil {
+		t.Fatal(err, ferr)
+	}
+	if flags&unix.FD_CLOEXEC == 0 {
+		t.Fatal("pty master without close-on-exec")
 	}
 }

@@ -264,6 +264,9 @@ func yamuxConfig(log *slog.Logger, backlog int) *yamux.Config {
 	c.ConnectionWriteTimeout = 5 * time.Second
 	c.MaxStreamWindowSize = 1 << 20 // fewer window round trips on bulk copies
 	c.StreamCloseTimeout = 30 * time.Second
+	// An open the peer does not acknowledge within this ends the session.
+	// Only the host opens streams, and the agent accepts them at once.
+	c.StreamOpenTimeout = 10 * time.Second
 	c.LogOutput = nil
 	c.Logger = slog.NewLogLogger(orDiscard(log).Handler(), slog.LevelDebug)
 	return c

@@ -2,10 +2,12 @@ package agent
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"runtime"
 	"testing"
@@ -147,6 +149,8 @@ func TestHostileAgent(t *testing.T) {
 			"stats4": `{"ssh":{"count":1,"peers":["10.0.0.1:1","10.0.0.2:2"]}}`,
 			"stats5": `{"ssh":{"count":1,"peers":["10.0.0.1:1\u001b[2J"]}}`,
 			"stats6": `{"ssh":{"count":2000000}}`,
+			"stats7": `{"session_output_age":-2}`,
+			"stats8": `{"session_output_age":99999999999}`,
 			"info":   `{"hostname":"a\u001b[31m"}`,
 			"exec":   `{"exit_code":-1}`,
 			"ports":  `[{"proto":"tcp","addr":"not an ip","port":1}]`,
@@ -165,7 +169,7 @@ func TestHostileAgent(t *testing.T) {
 			ctx := testCtx(t, 10*time.Second)
 			var err error
 			switch name {
-			case "stats", "stats2", "stats3", "stats4", "stats5", "stats6":
+			case "stats", "stats2", "stats3", "stats4", "stats5", "stats6", "stats7", "stats8":
 				_, err = c.Stats(ctx)
 			case "info":
 				_, err = c.Info(ctx)
@@ -254,4 +258,133 @@ func FuzzFrameReader(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestPingFloodEndsSession: an agent writing ping SYNs without reading the
+// replies must not grow the host (yamux answers each from a goroutine).
+func TestPingFloodEndsSession(t *testing.T) {
+	host, guest := socketPair(t)
+	defer guest.Close()
+	base := runtime.NumGoroutine()
+	go func() {
+		br := bufio.NewReader(guest)
+		nonce := readHello(t, br)
+		fmt.Fprintf(guest, "BANGER-AGENT-OK 1.0 %s evil\n", nonce)
+		chunk := make([]byte, 0, 1024*yamuxHeaderSize)
+		for i := 0; i < 1024; i++ {
+			h := make([]byte, yamuxHeaderSize)
+			h[1] = yamuxTypePing
+			binary.BigEndian.PutUint16(h[2:], yamuxFlagSYN)
+			binary.BigEndian.PutUint32(h[8:], uint32(i))
+			chunk = append(chunk, h...)
+		}
+		for {
+			if _, err := guest.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	c, err := NewClient(testCtx(t, 10*time.Second), host, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	deadline := time.After(time.Second)
+	peak := 0
+	for done := false; !done; {
+		select {
+		case <-c.Done():
+			done = true
+		case <-deadline:
+			t.Fatalf("session survived a ping flood for 1 s (peak %d goroutines over %d)", peak, base)
+		case <-time.After(time.Millisecond):
+		}
+		if n := runtime.NumGoroutine() - base; n > peak {
+			peak = n
+		}
+		if peak > 1000 {
+			t.Fatalf("%d goroutines over the baseline during a ping flood", peak)
+		}
+	}
+}
+
+func TestPingGuard(t *testing.T) {
+	frame := func(typ byte, flags uint16, length uint32, payload int) []byte {
+		h := make([]byte, yamuxHeaderSize+payload)
+		h[1] = typ
+		binary.BigEndian.PutUint16(h[2:], flags)
+		binary.BigEndian.PutUint32(h[8:], length)
+		return h
+	}
+	var in []byte
+	for i := 0; i < maxPingsPerSecond; i++ {
+		in = append(in, frame(yamuxTypePing, yamuxFlagSYN, uint32(i), 0)...)
+		in = append(in, frame(yamuxTypePing, 2, uint32(i), 0)...) // ACKs do not count
+		// A data frame whose payload looks like ping SYNs.
+		in = append(in, frame(yamuxTypeData, 0, 2*yamuxHeaderSize, 0)...)
+		in = append(in, frame(yamuxTypePing, yamuxFlagSYN, 1, 0)...)
+		in = append(in, frame(yamuxTypePing, yamuxFlagSYN, 2, 0)...)
+	}
+	now := time.Unix(1000, 0)
+	g := newPingGuard(bytesReader(in), nil)
+	g.now = func() time.Time { return now }
+	buf := make([]byte, 5) // headers split across reads
+	for {
+		_, err := g.Read(buf)
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Fatalf("%d pings in a second refused: %v", maxPingsPerSecond, err)
+			}
+			break
+		}
+	}
+	one := frame(yamuxTypePing, yamuxFlagSYN, 99, 0)
+	g.r = bytesReader(one)
+	if _, err := io.ReadAll(g); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("ping %d in a second: error %v, want ErrProtocol", maxPingsPerSecond+1, err)
+	}
+	g = newPingGuard(bytesReader(append(in, one...)), nil)
+	g.now = func() time.Time { now = now.Add(20 * time.Millisecond); return now }
+	if _, err := io.ReadAll(g); err != nil {
+		t.Fatalf("pings every 20 ms: %v", err)
+	}
+}
+
+// TestOpenStreamHonoursContext: an agent that stops accepting streams must
+// not hold callers past their deadline.
+func TestOpenStreamHonoursContext(t *testing.T) {
+	host, guest := socketPair(t)
+	defer guest.Close()
+	go func() {
+		br := bufio.NewReader(guest)
+		nonce := readHello(t, br)
+		fmt.Fprintf(guest, "BANGER-AGENT-OK 1.0 %s evil\n", nonce)
+		sess, err := yamux.Server(&bufConn{Conn: guest, r: br}, yamuxConfig(nil, 16))
+		if err != nil {
+			return
+		}
+		<-sess.CloseChan() // never accepts
+	}()
+	c, err := NewClient(testCtx(t, 10*time.Second), host, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := 0; i < 3; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		start := time.Now()
+		_, err := c.Info(ctx)
+		cancel()
+		if d := time.Since(start); d > 1500*time.Millisecond {
+			t.Fatalf("call %d took %v (error %v)", i, d, err)
+		}
+		if err == nil || (i < 2 && !errors.Is(err, context.DeadlineExceeded)) {
+			t.Fatalf("call %d: error %v", i, err)
+		}
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(time.Second):
+		t.Fatal("session not closed after an open timed out")
+	}
 }

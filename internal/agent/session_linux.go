@@ -221,6 +221,13 @@ func (c *attachClient) drop() { c.once.Do(func() { close(c.dropped) }) }
 // reads the SessionSpec (and the boot id) from stdin, starts the session, reports "ok PID" or
 // "error MESSAGE" on ready, and returns when the session's process exited.
 func Supervise(args []string, stdin io.Reader, ready io.WriteCloser) int {
+	// The ready pipe (fd 3, inherited without close-on-exec) must not reach
+	// the session's process and every child of it.
+	if rc, ok := ready.(syscall.Conn); ok {
+		if raw, err := rc.SyscallConn(); err == nil {
+			_ = raw.Control(func(fd uintptr) { unix.CloseOnExec(int(fd)) })
+		}
+	}
 	fail := func(err error) int {
 		fmt.Fprintf(ready, "error %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
 		_ = ready.Close()

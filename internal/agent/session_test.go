@@ -163,6 +163,18 @@ func TestSessionExitCodeAndDefaultName(t *testing.T) {
 	startSession(t, c, "sh", "sleep 60")
 }
 
+// TestSessionNoReadyPipe: the supervisor's ready pipe (its fd 3) does not
+// leak into the session's process.
+func TestSessionNoReadyPipe(t *testing.T) {
+	c := pair(t, &Server{Sessions: sessionConfig(t)})
+	startSession(t, c, "fds", `if [ -e /proc/$$/fd/3 ]; then echo "fd3 open: $(readlink /proc/$$/fd/3)"; else echo "fd3 closed"; fi`)
+	waitState(t, c, "fds", SessionExited)
+	out := logs(t, c, "fds", 0)
+	if !strings.Contains(out, "fd3 closed") {
+		t.Fatalf("session sees the ready pipe:\n%s", out)
+	}
+}
+
 func TestSessionSendEnvDir(t *testing.T) {
 	c := pair(t, &Server{Sessions: sessionConfig(t)})
 	dir := t.TempDir()

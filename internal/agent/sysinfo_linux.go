@@ -60,7 +60,40 @@ func (s *Server) stats() (Stats, error) {
 	if s.Stats != nil {
 		return s.Stats()
 	}
-	return readStats()
+	st, err := readStats()
+	if err != nil {
+		return Stats{}, err
+	}
+	age := sessionOutputAge(s.Sessions.stateDir(), time.Now())
+	st.SessionOutputAge = &age
+	return st, nil
+}
+
+// sessionOutputAge is the whole seconds since the newest write to a live
+// session log in dir (a supervisor appends all its session's output there),
+// NoSessionOutput when there is none. A log dated in the future is 0 s old.
+func sessionOutputAge(dir string, now time.Time) int64 {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return NoSessionOutput
+	}
+	var newest time.Time
+	for _, e := range ents {
+		if !e.Type().IsRegular() || !strings.HasSuffix(e.Name(), sessionLogExt) {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil || fi.Size() == 0 {
+			continue
+		}
+		if t := fi.ModTime(); t.After(newest) {
+			newest = t
+		}
+	}
+	if newest.IsZero() {
+		return NoSessionOutput
+	}
+	return min(int64(max(now.Sub(newest), 0)/time.Second), maxSessionOutputAge)
 }
 
 func readStats() (Stats, error) {

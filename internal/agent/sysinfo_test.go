@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -58,6 +59,72 @@ func TestStats(t *testing.T) {
 	}
 	if CPUPercent(b.CPU, a.CPU) != 0 {
 		t.Fatal("out-of-order samples gave a CPU share")
+	}
+}
+
+func TestCPUPercent(t *testing.T) {
+	a := CPUTimes{User: 100, System: 50, Idle: 1000, IOWait: 10, Steal: 40}
+	for _, tc := range []struct {
+		name string
+		d    CPUTimes
+		want float64
+	}{
+		{"half busy", CPUTimes{User: 40, System: 10, Idle: 40, IOWait: 10}, 50},
+		{"steal is not busy", CPUTimes{User: 10, Idle: 10, Steal: 80}, 50},
+		{"only steal", CPUTimes{Steal: 100}, 0},
+		{"idle", CPUTimes{Idle: 100}, 0},
+	} {
+		b := a
+		b.User += tc.d.User
+		b.System += tc.d.System
+		b.Idle += tc.d.Idle
+		b.IOWait += tc.d.IOWait
+		b.Steal += tc.d.Steal
+		if got := CPUPercent(a, b); got != tc.want {
+			t.Errorf("%s: %v%%, want %v%%", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestSessionOutputAge: Stats reports how long ago a session last wrote
+// output, from the newest session log.
+func TestSessionOutputAge(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now()
+	if a := sessionOutputAge(filepath.Join(dir, "none"), now); a != NoSessionOutput {
+		t.Fatalf("no directory: %d", a)
+	}
+	write := func(name string, data string, age time.Duration) {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, now.Add(-age), now.Add(-age)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("a.json", "{}", 0)   // a state file is not output
+	write("b.log", "", 0)      // nor an empty log
+	write("c.log.1", "old", 0) // nor a rotated segment
+	if a := sessionOutputAge(dir, now); a != NoSessionOutput {
+		t.Fatalf("no output: %d", a)
+	}
+	write("d.log", "x", 90*time.Second)
+	write("e.log", "y", 42500*time.Millisecond)
+	if a := sessionOutputAge(dir, now); a != 42 {
+		t.Fatalf("age %d, want 42", a)
+	}
+	write("f.log", "z", -time.Hour) // dated in the future
+	if a := sessionOutputAge(dir, now); a != 0 {
+		t.Fatalf("age %d, want 0", a)
+	}
+	c := pair(t, &Server{Sessions: SessionConfig{StateDir: dir}})
+	st, err := c.Stats(testCtx(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.SessionOutputAge == nil || *st.SessionOutputAge != 0 {
+		t.Fatalf("stats session output age %v", st.SessionOutputAge)
 	}
 }
 

@@ -47,7 +47,8 @@ type VMStats struct {
 // GuestStats is what the guest's agent reports, bounded by the host.
 type GuestStats struct {
 	// CPUPercent is the busy share of all vCPUs together (0-100) over the
-	// last CPUWindowMS milliseconds.
+	// last CPUWindowMS milliseconds; steal time counts as neither busy nor
+	// idle.
 	CPUPercent    float64 `json:"cpu_percent"`
 	CPUWindowMS   int64   `json:"cpu_window_ms"`
 	MemUsedBytes  uint64  `json:"mem_used_bytes"` // total - available

@@ -262,6 +262,8 @@ func (dm *Daemon) vmExec(ctx context.Context, c *rpc.Call) (any, error) {
 		var r *io.PipeReader
 		r, stdinW = io.Pipe()
 		req.Stdin = r
+		// A pump blocked writing stdin nobody reads any more returns.
+		defer r.CloseWithError(io.ErrClosedPipe)
 	}
 	// Pump client frames: stdin bytes, window changes, signals.
 	go func() {

@@ -63,8 +63,10 @@ func (dm *Daemon) sessionLogs(ctx context.Context, c *rpc.Call) (any, error) {
 }
 
 // stdinPipe feeds the call's stdin frames to a pipe, closed at the client's
-// EOF or when it goes; window changes go to resize when given.
-func stdinPipe(c *rpc.Call, resize chan<- agent.Winsize) io.Reader {
+// EOF or when it goes; window changes go to resize when given. The caller
+// closes the reader when the call ends, so a pump blocked on a write that
+// nobody will read again returns (one goroutine per call otherwise leaks).
+func stdinPipe(c *rpc.Call, resize chan<- agent.Winsize) *io.PipeReader {
 	r, w := io.Pipe()
 	go func() {
 		defer w.Close()
@@ -94,7 +96,9 @@ func (dm *Daemon) sessionAttach(ctx context.Context, c *rpc.Call) (any, error) {
 		return nil, err
 	}
 	resize := make(chan agent.Winsize, 4)
-	req := agent.AttachRequest{Stdin: stdinPipe(c, resize), Stdout: c.Stdout(), Resize: resize}
+	stdin := stdinPipe(c, resize)
+	defer stdin.CloseWithError(io.ErrClosedPipe)
+	req := agent.AttachRequest{Stdin: stdin, Stdout: c.Stdout(), Resize: resize}
 	if p.Cols > 0 && p.Rows > 0 {
 		req.Size = &agent.Winsize{Cols: p.Cols, Rows: p.Rows}
 	}
@@ -106,7 +110,9 @@ func (dm *Daemon) sessionSend(ctx context.Context, c *rpc.Call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return nil, dm.d.VMs.SessionSend(ctx, p.Name, p.Session, stdinPipe(c, nil), p.EOF)
+	stdin := stdinPipe(c, nil)
+	defer stdin.CloseWithError(io.ErrClosedPipe)
+	return nil, dm.d.VMs.SessionSend(ctx, p.Name, p.Session, stdin, p.EOF)
 }
 
 func (dm *Daemon) sessionKill(ctx context.Context, c *rpc.Call) (any, error) {

@@ -21,12 +21,15 @@ import (
 //   - an exec through the daemon is in progress (Exec, so `vm exec`,
 //     `vm ssh`, `vm run`, workspace, file sync, ports), or the agent
 //     session was asked for (Agent);
-//   - something else in the daemon said so: Touch (an attached or running
-//     banger session producing output calls it) or Hold (while it lasts);
+//   - something else in the daemon said so: Touch or Hold (while it
+//     lasts), e.g. for a banger session a client attaches to;
 //   - the guest's agent counts an established connection to its port 22
 //     other than the daemon's own kept SSH connection (a person's ssh);
 //   - the guest's CPU was busy above IdleCPUPercent of one vCPU, averaged
 //     since the previous check.
+//   - a banger session in the guest wrote output, attached or not: the
+//     agent reports how long ago (Stats.SessionOutputAge), and that moment
+//     becomes the last activity when it is later than the one known.
 //
 // RunIdle checks each running VM with a timeout every idleInterval(timeout)
 // and stops it through the normal graceful Stop once the last activity is
@@ -99,6 +102,21 @@ func (s *Service) activity(id string, f func(a *activity, now time.Time)) {
 	f(a, now)
 }
 
+// knownActivity runs f on the VM's entry under the lock and reports whether
+// there is one; unlike activity it never creates an entry (for the idle
+// check and stats, which name VMs that may have stopped meanwhile).
+func (s *Service) knownActivity(id string, f func(a *activity, now time.Time)) bool {
+	now := s.now()
+	s.act.mu.Lock()
+	defer s.act.mu.Unlock()
+	a := s.act.m[id]
+	if a == nil {
+		return false
+	}
+	f(a, now)
+	return true
+}
+
 // resetActivity starts a VM's activity afresh (launch, adoption) or
 // forgets it (running false: stop, teardown).
 func (s *Service) resetActivity(id string, running bool) {
@@ -111,9 +129,8 @@ func (s *Service) resetActivity(id string, running bool) {
 	s.act.m[id] = &activity{last: s.now()}
 }
 
-// Touch records that the VM (by id) is in use now. Sessions call it when
-// they produce output or a client attaches; other daemon code that uses a
-// guest outside Exec may call it too. Unknown ids are ignored.
+// Touch records that the VM (by id) is in use now: for daemon code that uses
+// a guest outside Exec and Agent. Unknown ids are ignored.
 func (s *Service) Touch(id string) {
 	if s.handle(id) == nil {
 		return
@@ -193,7 +210,7 @@ func (s *Service) checkIdle(ctx context.Context) {
 	var wg sync.WaitGroup
 	for id, timeout := range timeouts {
 		due := false
-		s.activity(id, func(a *activity, now time.Time) {
+		s.knownActivity(id, func(a *activity, now time.Time) { // none: not running
 			if now.Sub(a.checked) >= s.idleInterval(timeout) {
 				a.checked, due = now, true
 			}
@@ -217,7 +234,7 @@ func (s *Service) checkOne(ctx context.Context, id string, timeout time.Duration
 	cancel()
 	var busy []string
 	var idleFor time.Duration
-	s.activity(id, func(a *activity, now time.Time) {
+	known := s.knownActivity(id, func(a *activity, now time.Time) {
 		if a.inflight > 0 {
 			busy = append(busy, "exec")
 		}
@@ -234,9 +251,19 @@ func (s *Service) checkOne(ctx context.Context, id string, timeout time.Duration
 		}
 		if len(busy) > 0 {
 			a.last = now
+		} else if perr == nil && st.SessionOutputAge != nil && *st.SessionOutputAge >= 0 {
+			// Session output is use at the time it was written (whole
+			// seconds ago by the guest's clock: no clock skew involved).
+			if at := now.Add(-time.Duration(*st.SessionOutputAge) * time.Second); at.After(a.last) {
+				a.last = at
+				busy = append(busy, fmt.Sprintf("session output %ds ago", *st.SessionOutputAge))
+			}
 		}
 		idleFor = now.Sub(a.last)
 	})
+	if !known { // stopped meanwhile
+		return
+	}
 	if len(busy) > 0 {
 		s.log().DebugContext(ctx, "vm in use", "vm", v.Name, "signs", busy)
 	}
@@ -258,7 +285,7 @@ func (s *Service) checkOne(ctx context.Context, id string, timeout time.Duration
 // nothing used the VM since the check decided to stop it.
 func (s *Service) stillIdle(id string, timeout time.Duration) bool {
 	idle := false
-	s.activity(id, func(a *activity, now time.Time) { idle = a.inflight == 0 && now.Sub(a.last) >= timeout })
+	s.knownActivity(id, func(a *activity, now time.Time) { idle = a.inflight == 0 && now.Sub(a.last) >= timeout })
 	return idle
 }
 

@@ -28,6 +28,8 @@ type agentGuest struct {
 	vms     map[string]*guestState
 	kept    map[string][]netip.AddrPort
 	gate    chan struct{} // when set, Exec waits for it to close
+	reached chan struct{} // when set, closed once Exec is waiting at the gate
+	now     func() time.Time
 }
 
 type guestState struct {
@@ -35,6 +37,7 @@ type guestState struct {
 	busyPer uint64 // busy ticks added per sample, out of 1000
 	cpu     agent.CPUTimes
 	ssh     *agent.SSHConns
+	output  time.Time // last session output; zero: none
 	samples int
 }
 
@@ -79,7 +82,11 @@ func (g *agentGuest) Agent(ctx context.Context, t guest.Target) (*agent.Client, 
 		st.samples++
 		st.cpu.User += st.busyPer
 		st.cpu.Idle += 1000 - st.busyPer
-		return agent.Stats{CPU: st.cpu, MemTotal: 1 << 30, MemAvailable: 768 << 20, Load1: 0.5, Load5: 0.25, Load15: 0.125,
+		age := int64(agent.NoSessionOutput)
+		if !st.output.IsZero() {
+			age = int64(g.now().Sub(st.output) / time.Second)
+		}
+		return agent.Stats{SessionOutputAge: &age, CPU: st.cpu, MemTotal: 1 << 30, MemAvailable: 768 << 20, Load1: 0.5, Load5: 0.25, Load15: 0.125,
 			Root: agent.DiskUsage{Total: 4 << 30, Used: 1 << 30}, Home: agent.DiskUsage{Total: 8 << 30, Used: 64 << 20},
 			Uptime: 90 * time.Second, SSH: st.ssh}, nil
 	}}
@@ -94,9 +101,12 @@ func (g *agentGuest) Agent(ctx context.Context, t guest.Target) (*agent.Client, 
 
 func (g *agentGuest) Exec(ctx context.Context, t guest.Target, req guest.ExecRequest) (int, error) {
 	g.mu.Lock()
-	gate := g.gate
+	gate, reached := g.gate, g.reached
 	g.mu.Unlock()
 	if gate != nil {
+		if reached != nil {
+			close(reached) // the service holds the VM by now
+		}
 		select {
 		case <-gate:
 		case <-ctx.Done():
@@ -152,8 +162,10 @@ func idleFixture(t *testing.T, clock *fakeClock) (*fixture, *agentGuest) {
 	g := newAgentGuest(f.h)
 	t.Cleanup(g.close)
 	f.deps.Guest = g
+	g.now = time.Now
 	if clock != nil {
 		f.deps.Now = clock.Now
+		g.now = clock.Now
 	}
 	f.svc = New(f.deps)
 	return f, g
@@ -257,6 +269,13 @@ func TestIdleActivityKeepsVMRunning(t *testing.T) {
 		{"quiet cpu", func(t *testing.T, f *fixture, g *agentGuest, v store.VM) {
 			g.set(v.ID, func(st *guestState) { st.busyPer = 20 }) // 4% of one vCPU
 		}, "stopped"},
+		{"session output", func(t *testing.T, f *fixture, g *agentGuest, v store.VM) {
+			// Written now (35 s), seen by the check at 61 s as 26 s old.
+			g.set(v.ID, func(st *guestState) { st.output = g.now() })
+		}, "running"},
+		{"old session output", func(t *testing.T, f *fixture, g *agentGuest, v store.VM) {
+			g.set(v.ID, func(st *guestState) { st.output = t0.Add(-time.Second) }) // before the launch
+		}, "stopped"},
 		{"agent down", func(t *testing.T, f *fixture, g *agentGuest, v store.VM) {
 			g.set(v.ID, func(st *guestState) { st.down = true })
 		}, "running"},
@@ -288,15 +307,16 @@ func TestIdleExecInProgress(t *testing.T) {
 	f, g := idleFixture(t, clock)
 	ctx := context.Background()
 	createIdle(t, f, "vm", 60)
-	gate := make(chan struct{})
+	gate, reached := make(chan struct{}), make(chan struct{})
 	g.mu.Lock()
-	g.gate = gate
+	g.gate, g.reached = gate, reached
 	g.mu.Unlock()
 	done := make(chan error, 1)
 	go func() {
 		_, err := f.svc.Exec(ctx, "vm", guest.ExecRequest{Command: "sleep 120"})
 		done <- err
 	}()
+	<-reached           // the exec is in progress before the clock moves
 	for i := range 10 { // 5 minutes of checks while it runs
 		clock.advance(30 * time.Second)
 		f.svc.checkIdle(ctx)
@@ -411,5 +431,38 @@ func TestIdleTimeoutSetAndValidated(t *testing.T) {
 	f.svc.checkIdle(ctx)
 	if s := idleState(t, f, "vm"); !strings.HasPrefix(s, "running timeout=0s") {
 		t.Fatalf("timeout off: %s", s)
+	}
+}
+
+// The idle check and stats never create activity for VMs that do not run:
+// stopped VMs with a timeout leave no entry, and a deleted VM drops its own
+// (teardown clears it). A regression guard: it passed before the change too.
+func TestIdleNoActivityForStoppedVMs(t *testing.T) {
+	clock := &fakeClock{t: t0}
+	f, _ := idleFixture(t, clock)
+	ctx := context.Background()
+	v := createIdle(t, f, "vm", 60)
+	if _, err := f.svc.Stop(ctx, "vm", false); err != nil {
+		t.Fatal(err)
+	}
+	entries := func() int {
+		f.svc.act.mu.Lock()
+		defer f.svc.act.mu.Unlock()
+		return len(f.svc.act.m)
+	}
+	clock.advance(time.Minute)
+	f.svc.checkIdle(ctx)
+	if f.svc.stillIdle(v.ID, time.Second) {
+		t.Fatal("a stopped vm is still idle")
+	}
+	if n := entries(); n != 0 {
+		t.Fatalf("%d activity entries after checking a stopped vm", n)
+	}
+	f.svc.Hold(v.ID)() // a use that lost a race with the delete
+	if err := f.svc.Delete(ctx, "vm", false); err != nil {
+		t.Fatal(err)
+	}
+	if n := entries(); n != 0 {
+		t.Fatalf("%d activity entries after the delete", n)
 	}
 }

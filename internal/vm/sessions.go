@@ -40,6 +40,11 @@ func (s *Service) SessionStart(ctx context.Context, p api.SessionStartParams) (a
 	if err != nil {
 		return api.Session{}, sessionErr(v, err)
 	}
+	if p.Session != "" && ses.Name != p.Session {
+		// The agent answers for the session it was asked to start; any
+		// other name would overwrite another session's record.
+		return api.Session{}, fmt.Errorf("vm %q: agent started session %q when asked for %q: %w", v.Name, ses.Name, p.Session, agent.ErrProtocol)
+	}
 	if err := s.d.Store.PutSession(ctx, v.ID, storeSession(ses)); err != nil {
 		s.d.Log.WarnContext(ctx, "record session", "vm", v.Name, "session", ses.Name, "err", err)
 	}

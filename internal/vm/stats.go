@@ -98,7 +98,7 @@ func (s *Service) guestSample(ctx context.Context, v store.VM) (*api.GuestStats,
 	}
 	at := s.now()
 	var prev *cpuSample
-	s.activity(v.ID, func(a *activity, _ time.Time) { prev = a.statsCPU })
+	s.knownActivity(v.ID, func(a *activity, _ time.Time) { prev = a.statsCPU })
 	if prev == nil || at.Sub(prev.at) < statsMinWindow || at.Sub(prev.at) > statsMaxWindow {
 		prev = &cpuSample{cpu: st.CPU, at: at}
 		select {
@@ -112,7 +112,7 @@ func (s *Service) guestSample(ctx context.Context, v store.VM) (*api.GuestStats,
 		at = s.now()
 	}
 	cur := &cpuSample{cpu: st.CPU, at: at}
-	s.activity(v.ID, func(a *activity, _ time.Time) { a.statsCPU = cur })
+	s.knownActivity(v.ID, func(a *activity, _ time.Time) { a.statsCPU = cur })
 	// The agent client has bounded every value (available <= total,
 	// used <= size, loads finite); CPUPercent is 0-100 by construction.
 	g := &api.GuestStats{

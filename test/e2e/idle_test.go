@@ -61,11 +61,12 @@ func vmStats(t *testing.T, name string) statsView {
 }
 
 // TestIdle: a VM with --idle-timeout stops by itself and says why; one with
-// an exec in progress and one whose CPU is busy (no exec running) do not,
-// and stop once that ends. `vm stats` sees the busy guest's CPU and memory.
+// an attached session (silent: its only use is the attach) and one whose CPU
+// is busy (no exec running) do not, and stop once that ends. (An exec in
+// progress holds a VM the same way: internal/vm TestIdleExecInProgress.) `vm stats` sees the busy guest's CPU and memory.
 func TestIdle(t *testing.T) {
 	const timeout = 20 * time.Second
-	lazy, execing, busy := "idle-lazy", "idle-exec", "idle-busy"
+	lazy, execing, busy := "idle-lazy", "idle-attach", "idle-busy"
 	for _, n := range []string{lazy, execing, busy} {
 		deleteOnCleanup(t, n)
 	}
@@ -88,8 +89,14 @@ func TestIdle(t *testing.T) {
 	}
 	t.Logf("3 VMs created in %.1fs", time.Since(t0).Seconds())
 
-	// An exec in progress: `sleep 120` through a CLI in the background.
-	sleeper := E.cmd("vm", "exec", execing, "--", "sleep 120")
+	// An attached session that prints nothing: the attach is the only use.
+	// The CLI stays attached while its stdin stays open.
+	must(t, "vm", "session", "start", execing, "--name", "hold", "--", "sleep 1000")
+	sleeper := E.cmd("vm", "session", "attach", execing, "hold")
+	attachIn, err := sleeper.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := sleeper.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -182,8 +189,10 @@ func TestIdle(t *testing.T) {
 	}
 
 	// When the use ends, they stop too.
-	_ = sleeper.Process.Signal(syscall.SIGTERM)
-	_ = sleeper.Wait()
+	attachIn.Close() // end of stdin detaches; the session keeps running
+	if err := sleeper.Wait(); err != nil {
+		t.Errorf("session attach after its stdin closed: %v", err)
+	}
 	must(t, "vm", "exec", busy, "--", "systemctl stop spin")
 	ended := time.Now()
 	left := map[string]bool{execing: true, busy: true}
