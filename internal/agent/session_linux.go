@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -798,7 +799,14 @@ func (s *Server) sessionInfo(name string) (Session, error) {
 	if err != nil {
 		return Session{}, err
 	}
-	if st.State == SessionRunning && !s.supervisorAlive(name) {
+	if st.State == SessionRunning && s.supervisorGone(name) {
+		// The supervisor writes its final state before it closes its
+		// socket: read again, an exit may have landed since the first read.
+		if again, err := readSessionState(cfg.stateDir(), name); err == nil && again.State != SessionRunning {
+			ses := again.Session
+			ses.LastOutput = lastLine(sessionFile(cfg.stateDir(), name, sessionLogExt))
+			return ses, nil
+		}
 		st.State, st.Ended, st.Reason = SessionEnded, time.Now().UTC(), ReasonSupervisorLost
 		if st.BootID != "" && st.BootID != cfg.bootID() {
 			st.Reason = ReasonVMStopped
@@ -837,19 +845,26 @@ func lastLine(path string) string {
 }
 
 // supervisorAlive asks the session's supervisor for its status.
-func (s *Server) supervisorAlive(name string) bool {
+// supervisorGone reports whether a session's supervisor is certainly gone:
+// its socket is missing or refuses connections. A slow answer (a loaded
+// guest) is not proof: the session stays "running" rather than being
+// recorded as lost for good.
+func (s *Server) supervisorGone(name string) bool {
 	conn, err := s.dialSupervisor(name, 2*time.Second)
 	if err != nil {
-		return false
+		return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED)
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
 	fw := &frameWriter{w: conn}
 	if err := fw.writeJSON(frameRequest, request{Op: supStatus, Session: &sessionReq{Name: name}}); err != nil {
-		return false
+		return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
 	}
 	t, _, err := newFrameReader(conn).next()
-	return err == nil && t == frameResult
+	if err == nil {
+		return t != frameResult
+	}
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)
 }
 
 func (s *Server) dialSupervisor(name string, timeout time.Duration) (net.Conn, error) {
