@@ -18,7 +18,9 @@ import (
 //
 //	tar_ssh:   tar -c of the whole repo (.git included) | ssh root@vm tar -x   (OpenSSH, no banger)
 //	archive:   git archive HEAD | ssh root@vm tar -x                         (working tree only, no history)
-//	prepare:   banger vm workspace prepare --force (full: history bundle + working tree)
+//	prepare:   banger vm workspace prepare --force (full: history bundle + working tree),
+//	           over the guest agent's channel
+//	prepare_via_ssh: the same with bangerd --guest-via ssh (once)
 //	resync10:  prepare after touching 10 files (incremental)
 //	noop:      prepare with nothing changed
 //
@@ -40,6 +42,9 @@ func BenchmarkWorkspace(b *testing.B) {
 	const name = "wsbench"
 	b.Cleanup(func() { _, _ = E.banger("vm", "delete", "--force", name) })
 	mustB(b, "vm", "create", "--name", name)
+	// create returns when the agent answers; the OpenSSH baseline needs sshd
+	// (`vm ssh` waits for it).
+	mustB(b, "vm", "ssh", name, "--", "true")
 	v := vmViewB(b, name)
 	sshCmd := func(remote string) string {
 		return fmt.Sprintf("ip netns exec %s ssh -i %s -o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes -o BatchMode=yes -o LogLevel=ERROR root@%s %q",
@@ -81,6 +86,20 @@ func BenchmarkWorkspace(b *testing.B) {
 	if got != want {
 		b.Fatalf("guest tree differs from host: %s vs %s", got, want)
 	}
+	// The same full prepare with a daemon that reaches guests over SSH only:
+	// the transport's share of prepare, in this run.
+	mustB(b, "daemon", "stop")
+	os.Setenv("BANGER_GUEST_VIA", "ssh")
+	mustB(b, "vm", "exec", name, "--", "rm -rf /root/ws")
+	prepareSSH := timeCLI("vm", "workspace", "prepare", name, "--repo", repo, "--into", "/root/ws", "--force")
+	if out := mustOutB(b, "ip", "netns", "exec", E.ns, filepath.Join(E.bin, "banger"), "--state-dir", E.stateDir,
+		"vm", "exec", name, "--", "cat /proc/$PPID/comm"); !strings.HasPrefix(out, "sshd") {
+		b.Fatalf("the ssh-only daemon ran exec under %q", out)
+	}
+	mustB(b, "daemon", "stop")
+	os.Unsetenv("BANGER_GUEST_VIA")
+	b.ReportMetric(prepareSSH, "prepare_via_ssh_s")
+	b.ReportMetric(prepareSSH/median(prepare), "prepare_ssh/agent")
 	m := func(xs []float64) float64 { return median(xs) }
 	b.ReportMetric(m(tarSSH), "tar_ssh_s")
 	b.ReportMetric(m(archive), "archive_ssh_s")
