@@ -8,9 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -71,74 +69,27 @@ func (a *app) execStream(ctx context.Context, p api.ExecParams, o execOpts) (int
 		p.Via = o.via
 	}
 	p.Stdin = true
-	input := make(chan api.Input, 16)
+	var tty *os.File
+	if inIsFile && term.IsTerminal(int(inFile.Fd())) {
+		tty = inFile
+	}
 	if p.TTY {
 		p.Term = os.Getenv("TERM")
 		if p.Term == "" {
 			p.Term = "xterm-256color"
 		}
-		if inIsFile && term.IsTerminal(int(inFile.Fd())) {
-			if w, h, err := term.GetSize(int(inFile.Fd())); err == nil {
-				p.Cols, p.Rows = w, h
-			}
-			if old, err := term.MakeRaw(int(inFile.Fd())); err == nil {
-				defer func() { _ = term.Restore(int(inFile.Fd()), old) }()
-			}
+		if tty != nil {
+			cols, rows, restore, _ := rawTerminal(tty)
+			defer restore()
+			p.Cols, p.Rows = cols, rows
 		}
 	}
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGWINCH)
-	defer signal.Stop(sigs)
-	done := make(chan struct{})
-	defer close(done)
-	send := func(in api.Input) bool {
-		select {
-		case input <- in:
-			return true
-		case <-done:
-			return false
-		}
-	}
-	go func() {
-		for {
-			select {
-			case <-done:
-				return
-			case s := <-sigs:
-				switch s {
-				case syscall.SIGWINCH:
-					if inIsFile {
-						if w, h, err := term.GetSize(int(inFile.Fd())); err == nil {
-							send(api.Input{Resize: &api.Winsize{Cols: w, Rows: h}})
-						}
-					}
-				case syscall.SIGINT:
-					send(api.Input{Signal: "INT"})
-				case syscall.SIGTERM:
-					send(api.Input{Signal: "TERM"})
-				case syscall.SIGHUP:
-					send(api.Input{Signal: "HUP"})
-				}
-			}
-		}
-	}()
-	go func() {
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := a.stdin.Read(buf)
-			if n > 0 {
-				if !send(api.Input{Stdin: append([]byte(nil), buf[:n]...)}) {
-					return
-				}
-			}
-			if err != nil {
-				send(api.Input{EOF: true})
-				return
-			}
-		}
-	}()
+	in := newInputPump()
+	defer in.close()
+	in.forwardSignals(tty, true)
+	in.copyStdin(a.stdin, nil)
 	var res api.ExecResult
-	err := a.call(ctx, api.MethodVMExec, p, &res, rpc.WithInput(input), rpc.WithEvents(func(ev api.Event) {
+	err := a.call(ctx, api.MethodVMExec, p, &res, rpc.WithInput(in.ch), rpc.WithEvents(func(ev api.Event) {
 		switch ev.Stream {
 		case "stdout":
 			_, _ = a.stdout.Write(ev.Data)

@@ -7,12 +7,10 @@ import (
 	"os"
 	"os/signal"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/rpc"
@@ -177,67 +175,26 @@ func (a *app) sessionAttachCmd() *cobra.Command {
 // end of stdin, or the end of the session.
 func (a *app) attach(ctx context.Context, vmName, session string) (api.SessionAttachResult, error) {
 	p := api.SessionParams{Name: vmName, Session: session}
-	inFile, inIsFile := a.stdin.(*os.File)
-	tty := inIsFile && term.IsTerminal(int(inFile.Fd()))
 	fmt.Fprintf(a.stderr, "banger: attached to %s in %s; Ctrl-] detaches (the session keeps running)\n", session, vmName)
-	if tty {
-		if w, h, err := term.GetSize(int(inFile.Fd())); err == nil {
-			p.Cols, p.Rows = w, h
-		}
-		if old, err := term.MakeRaw(int(inFile.Fd())); err == nil {
-			defer func() { _ = term.Restore(int(inFile.Fd()), old) }()
-		}
-	}
-	input := make(chan api.Input, 16)
-	done := make(chan struct{})
-	defer close(done)
-	send := func(in api.Input) bool {
-		select {
-		case input <- in:
-			return true
-		case <-done:
-			return false
+	in := newInputPump()
+	defer in.close()
+	if f, ok := a.stdin.(*os.File); ok {
+		if cols, rows, restore, isTTY := rawTerminal(f); isTTY {
+			defer restore()
+			p.Cols, p.Rows = cols, rows
+			in.forwardSignals(f, false)
 		}
 	}
-	if tty {
-		winch := make(chan os.Signal, 4)
-		signal.Notify(winch, syscall.SIGWINCH)
-		defer signal.Stop(winch)
-		go func() {
-			for {
-				select {
-				case <-done:
-					return
-				case <-winch:
-					if w, h, err := term.GetSize(int(inFile.Fd())); err == nil {
-						send(api.Input{Resize: &api.Winsize{Cols: w, Rows: h}})
-					}
-				}
-			}
-		}()
-	}
-	go func() {
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := a.stdin.Read(buf)
-			chunk := buf[:n]
-			detach := false
-			if i := bytes.IndexByte(chunk, detachKey); i >= 0 {
-				chunk, detach = chunk[:i], true
-			}
-			if len(chunk) > 0 && !send(api.Input{Stdin: bytes.Clone(chunk)}) {
-				return
-			}
-			if detach || err != nil {
-				// The end of input detaches: the daemon and the agent hand
-				// over the output before it, then the session runs on.
-				send(api.Input{EOF: true})
-				return
-			}
+	// The detach key, or the end of stdin, ends the input: the daemon and
+	// the agent hand over the output before it, then the session runs on.
+	in.copyStdin(a.stdin, func(chunk []byte) ([]byte, bool) {
+		if i := bytes.IndexByte(chunk, detachKey); i >= 0 {
+			return chunk[:i], true
 		}
-	}()
+		return chunk, false
+	})
 	var res api.SessionAttachResult
-	err := a.call(ctx, api.MethodVMSessionAttach, p, &res, rpc.WithInput(input), rpc.WithEvents(func(ev api.Event) {
+	err := a.call(ctx, api.MethodVMSessionAttach, p, &res, rpc.WithInput(in.ch), rpc.WithEvents(func(ev api.Event) {
 		if ev.Stream == api.StreamStdout {
 			_, _ = a.stdout.Write(ev.Data)
 		}
@@ -255,22 +212,11 @@ input stays open unless --eof, which then sends the terminal's EOF character
 (Ctrl-D: a program reading a line sees the end of its input).`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			input := make(chan api.Input, 16)
-			go func() {
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := a.stdin.Read(buf)
-					if n > 0 {
-						input <- api.Input{Stdin: bytes.Clone(buf[:n])}
-					}
-					if err != nil {
-						input <- api.Input{EOF: true}
-						return
-					}
-				}
-			}()
+			in := newInputPump()
+			defer in.close()
+			in.copyStdin(a.stdin, nil)
 			p := api.SessionParams{Name: args[0], Session: args[1], EOF: eof}
-			return a.call(cmd.Context(), api.MethodVMSessionSend, p, nil, rpc.WithInput(input))
+			return a.call(cmd.Context(), api.MethodVMSessionSend, p, nil, rpc.WithInput(in.ch))
 		},
 	}
 	c.Flags().BoolVar(&eof, "eof", false, "then send the terminal's EOF character (Ctrl-D)")
