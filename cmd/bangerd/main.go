@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"strconv"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -63,7 +64,16 @@ func run() error {
 		"privileged helper socket (env BANGER_HELPER; default: in-process when running as root, else "+privileged.DefaultSocket+")")
 	guestVia := flag.String("guest-via", envOr("BANGER_GUEST_VIA", "auto"),
 		"how the daemon reaches guests: auto (the guest agent when it answers, else ssh) or ssh (env BANGER_GUEST_VIA)")
+	diskClone := flag.String("disk-clone", envOr("BANGER_DISK_CLONE", vm.DiskCloneAuto),
+		"how vm create makes root disks: auto (reflink where the file system can, else a qcow2 overlay on the image, else a full copy) or copy (reflink, else a full copy: the method before overlays, a benchmark baseline) (env BANGER_DISK_CLONE)")
+	grace := flag.Duration("shutdown-grace", defaultShutdownGrace,
+		"at shutdown (daemon stop, SIGTERM), how long requests in flight may still finish before they are interrupted and rolled back (env BANGER_SHUTDOWN_GRACE)")
 	logFile := flag.String("log-file", "", "log to this file, rotated at 10 MiB with 3 old files kept, with stdout and stderr (default: stderr)")
+	if v := os.Getenv("BANGER_SHUTDOWN_GRACE"); v != "" {
+		if err := flag.Set("shutdown-grace", v); err != nil {
+			return fmt.Errorf("BANGER_SHUTDOWN_GRACE: %w", err)
+		}
+	}
 	flag.Parse()
 	layout = paths.Layout{Root: *stateDir}
 	if err := layout.Ensure(); err != nil {
@@ -101,8 +111,15 @@ func run() error {
 	_ = pidf.Truncate(0)
 	_, _ = pidf.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 
+	// ctx ends when shutdown is asked for (a signal or daemon.stop); a second
+	// signal then kills at once instead of waiting for the shutdown.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	unwatch := context.AfterFunc(ctx, func() {
+		stop()
+		log.Info("bangerd shutting down: no new requests; those in flight may finish", "grace", grace.String())
+	})
+	defer unwatch() // not on a failed start
 
 	st, err := store.Open(ctx, layout.DB())
 	if err != nil {
@@ -148,13 +165,17 @@ func run() error {
 		return err
 	}
 	var wss *workspace.Service // file sync runs after every boot; built below, it needs vms
+	if !vm.ValidDiskClone(*diskClone) {
+		return fmt.Errorf("--disk-clone %q: want auto or copy", *diskClone)
+	}
 	vms := vm.New(vm.Deps{Log: log, Layout: layout, Store: st, Runner: runner, Driver: drv, Net: priv,
 		Subnet: netCfg.Subnet, Gateway: netCfg.Gateway(),
 		Guest: guests, KnownHosts: kh, ClientKey: signer.PublicKey(), UID: os.Getuid(), GID: os.Getgid(),
 		Firewall:   priv,
 		Limits:     vmmLimits(log),
 		AfterStart: func(ctx context.Context, v store.VM) { wss.AfterStart(ctx, v) },
-		AfterStep:  afterStep})
+		AfterStep:  afterStep,
+		DiskClone:  *diskClone})
 	home, _ := os.UserHomeDir()
 	wss = workspace.New(workspace.Deps{Log: log, Store: st, VMs: vms, Runner: runner, Tmp: layout.Tmp(),
 		Home: home, SyncConfig: layout.SyncConfig()})
@@ -167,6 +188,7 @@ func run() error {
 		Privileged: func(ctx context.Context) (bool, string) { return privilegedStatus(ctx, priv) }}
 
 	srv := rpc.NewServer(log, os.Getuid())
+	srv.ShutdownGrace = *grace
 	dm := daemon.Register(srv, daemon.Deps{
 		Log: log, Layout: layout, Store: st, VMs: vms, Workspaces: wss,
 		Kernels:  &kernel.Importer{Runner: runner, Layout: layout, Log: log, AgentPath: agent},
@@ -199,6 +221,12 @@ func run() error {
 	log.Info("bangerd stopped; running VMs keep running and are adopted at next start")
 	return nil
 }
+
+// defaultShutdownGrace is how long a stopping daemon lets requests in flight
+// finish: a VM create past its disks under KVM boots within it, while a
+// build, a pull or a TCG boot is interrupted and rolled back rather than
+// holding `daemon stop` for minutes.
+const defaultShutdownGrace = 10 * time.Second
 
 // vmmLimits returns the per-VM cgroup limiter when cgroup v2 is delegated to
 // this daemon (a cgroup of its own, memory and cpu available, writable by

@@ -52,7 +52,8 @@
 // than a window and a frame or two per stream.
 //
 // Operations (the "op" of the request): info, exec, ctl, put, get, stats,
-// ports, shutdown, and the sessions' session_start, session_list,
+// ports, shutdown, identity (1.1: re-identify a guest restored from a
+// snapshot; identity.go), and the sessions' session_start, session_list,
 // session_logs, session_attach (input frames are typed into the session's
 // terminal, end-of-input detaches), session_send, session_kill and
 // session_resize (session_linux.go). An error frame of a session operation

@@ -165,6 +165,8 @@ type request struct {
 	Resize  *Winsize    `json:"resize,omitempty"`  // ctl
 	Kill    bool        `json:"kill,omitempty"`    // ctl
 	Session *sessionReq `json:"session,omitempty"` // session_* (session.go)
+
+	Identity *Identity `json:"identity,omitempty"` // identity (identity.go)
 }
 
 // Operation names.
@@ -177,6 +179,7 @@ const (
 	opPorts    = "ports"
 	opShutdown = "shutdown"
 	opCtl      = "ctl"
+	opIdentity = "identity"
 
 	opSessionStart  = "session_start"
 	opSessionList   = "session_list"

@@ -23,7 +23,7 @@ import (
 // operations or JSON fields an older peer ignores.
 const (
 	ProtoMajor = 1
-	ProtoMinor = 0
+	ProtoMinor = 1 // 1.1: identity
 )
 
 const (

@@ -74,7 +74,7 @@ func TestServerHandshakeSkipsJunk(t *testing.T) {
 	br := bufio.NewReader(host)
 	host.SetReadDeadline(time.Now().Add(10 * time.Second))
 	line, err := br.ReadString('\n')
-	if err != nil || line != "BANGER-AGENT-OK 1.0 0123456789abcdef v1.2.3\n" {
+	if want := fmt.Sprintf("BANGER-AGENT-OK %d.%d 0123456789abcdef v1.2.3\n", ProtoMajor, ProtoMinor); err != nil || line != want {
 		t.Fatalf("reply %q %v", line, err)
 	}
 	host.Close()
@@ -150,7 +150,7 @@ func TestVersionMismatch(t *testing.T) {
 		fmt.Fprintf(host, "BANGER-AGENT-HELLO 2.0 00112233445566ff\n")
 		host.SetReadDeadline(time.Now().Add(10 * time.Second))
 		line, err := bufio.NewReader(host).ReadString('\n')
-		if err != nil || !strings.HasPrefix(line, "BANGER-AGENT-ERR 1.0 00112233445566ff ") {
+		if err != nil || !strings.HasPrefix(line, fmt.Sprintf("BANGER-AGENT-ERR %d.%d 00112233445566ff ", ProtoMajor, ProtoMinor)) {
 			t.Fatalf("reply %q %v", line, err)
 		}
 		if err := <-errc; !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), "host speaks 2.0, this agent 1.x") {

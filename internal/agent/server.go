@@ -30,6 +30,10 @@ type Server struct {
 	Stats func() (Stats, error)
 	// Sessions places supervised sessions (session_linux.go).
 	Sessions SessionConfig
+	// Identity places the identity operation (identity_linux.go).
+	Identity IdentityConfig
+
+	identityMu sync.Mutex // one identity operation at a time
 }
 
 // errAborted is an operation the host abandoned mid-way.
@@ -134,6 +138,8 @@ func (s *Server) serveStream(ctx context.Context, sess *session, st *yamux.Strea
 	case opShutdown:
 		s.shutdown(fw)
 		return
+	case opIdentity:
+		err = s.reidentify(ctx, req.Identity)
 	case opSessionStart:
 		res, err = s.sessionStart(ctx, req.Session)
 	case opSessionList:

@@ -18,7 +18,8 @@ import (
 
 func TestInfo(t *testing.T) {
 	c := pair(t, &Server{Version: "v0.0.1-test"})
-	if c.Version() != "1.0 v0.0.1-test" {
+	proto := fmt.Sprintf("%d.%d", ProtoMajor, ProtoMinor)
+	if c.Version() != proto+" v0.0.1-test" {
 		t.Fatalf("handshake version %q", c.Version())
 	}
 	info, err := c.Info(testCtx(t, 10*time.Second))
@@ -28,7 +29,7 @@ func TestInfo(t *testing.T) {
 	host, _ := os.Hostname()
 	var u unix.Utsname
 	_ = unix.Uname(&u)
-	if info.Version != "v0.0.1-test" || info.Protocol != "1.0" || info.Hostname != host ||
+	if info.Version != "v0.0.1-test" || info.Protocol != proto || info.Hostname != host ||
 		info.Kernel != unix.ByteSliceToString(u.Release[:]) || info.Uptime <= 0 {
 		t.Fatalf("info %+v", info)
 	}

@@ -15,6 +15,9 @@ var (
 	ErrNotRunning = errors.New("not running")
 	ErrBusy       = errors.New("busy")
 	ErrPermission = errors.New("permission denied")
+	// ErrShuttingDown: the daemon is stopping, so the request was not run or
+	// was interrupted (its work rolled back as the operation's own undo does).
+	ErrShuttingDown = errors.New("the daemon is shutting down")
 )
 
 // Code is a typed RPC error code.
@@ -29,6 +32,7 @@ const (
 	CodePermission Code = "permission_denied"
 	CodeInternal   Code = "internal"
 	CodeCanceled   Code = "canceled"
+	CodeShutdown   Code = "shutting_down"
 	CodeUnknown    Code = "unknown_method"
 )
 
@@ -47,6 +51,8 @@ func CodeOf(err error) Code {
 		return CodeBusy
 	case errors.Is(err, ErrPermission):
 		return CodePermission
+	case errors.Is(err, ErrShuttingDown):
+		return CodeShutdown
 	}
 	return CodeInternal
 }
@@ -80,6 +86,8 @@ func (e *Error) Is(target error) bool {
 		return target == ErrBusy
 	case CodePermission:
 		return target == ErrPermission
+	case CodeShutdown:
+		return target == ErrShuttingDown
 	}
 	return false
 }

@@ -46,6 +46,7 @@ type VM struct {
 	NATPrivate    bool      `json:"nat_private"` // with nat: private ranges beyond the host too
 	HostAccess    bool      `json:"host_access"` // host services beyond the gateway's DNS
 	CloneMethod   string    `json:"clone_method"`
+	Snapshot      string    `json:"snapshot,omitempty"` // restored from this snapshot
 	LastError     string    `json:"last_error,omitempty"`
 	Dir           string    `json:"dir"`
 	CreatedAt     time.Time `json:"created_at"`
@@ -78,6 +79,11 @@ type CreateVMParams struct {
 	HostAccess  bool   `json:"host_access,omitempty"` // reach services on any host address, not just DNS
 	BootTimeout int    `json:"boot_timeout_s,omitempty"`
 	IdleTimeout int    `json:"idle_timeout_s,omitempty"` // stop the VM after this many idle seconds; 0: never
+	// From restores the VM from this snapshot instead of booting it.
+	From string `json:"from,omitempty"`
+	// Warm restores from the image's warm template (`image warm`) when one
+	// exists and the other parameters allow it; else the VM boots.
+	Warm bool `json:"warm,omitempty"`
 }
 
 type DeleteVMParams struct {
@@ -174,6 +180,12 @@ type DaemonStatus struct {
 	Running   int       `json:"running"`
 	Accel     string    `json:"accel"`
 	TapPool   []PoolTap `json:"tap_pool,omitempty"` // pooled TAPs that exist now
+}
+
+// DaemonStopResult answers daemon.stop: the pid of the daemon that is now
+// shutting down (the CLI waits for it to exit).
+type DaemonStopResult struct {
+	PID int `json:"pid"`
 }
 
 // PoolTap is one pooled TAP and the VM whose row holds it ("" when idle).

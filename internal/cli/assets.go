@@ -1,18 +1,12 @@
 package cli
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/rpc"
@@ -150,7 +144,7 @@ func (a *app) imageCmd() *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	c.AddCommand(build, a.imagePullCmd(), list, a.rmCmd("image", api.MethodImageRm))
+	c.AddCommand(build, a.imagePullCmd(), list, a.rmCmd("image", api.MethodImageRm), a.imageWarmCmd())
 	return c
 }
 
@@ -188,28 +182,7 @@ func (a *app) daemonCmd() *cobra.Command {
 			return nil
 		},
 	}
-	stop := &cobra.Command{
-		Use: "stop", Short: "Stop bangerd (running VMs keep running and are adopted at next start)", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			err := a.client().Call(cmd.Context(), api.MethodDaemonStop, nil, nil)
-			if errorsIsNoDaemon(err) {
-				fmt.Fprintln(a.stdout, "bangerd is not running")
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			// The daemon answers before it exits; wait until it has let go of
-			// its pid file, so a command run right after us starts a fresh one
-			// instead of talking to one that is going away.
-			if err := waitDaemonExit(cmd.Context(), a.layout.PID(), daemonStopWait); err != nil {
-				return err
-			}
-			fmt.Fprintln(a.stdout, "bangerd stopped")
-			return nil
-		},
-	}
-	c.AddCommand(status, stop)
+	c.AddCommand(status, a.daemonStopCmd())
 	return c
 }
 
@@ -240,37 +213,5 @@ func (a *app) doctorCmd() *cobra.Command {
 			}
 			return nil
 		},
-	}
-}
-
-// daemonStopWait bounds how long `daemon stop` waits for bangerd to exit; it
-// lets in-flight requests finish, which a VM stop can take seconds for.
-const daemonStopWait = 30 * time.Second
-
-// waitDaemonExit returns once no process holds the daemon's exclusive lock on
-// pidFile (bangerd holds it for its whole life).
-func waitDaemonExit(ctx context.Context, pidFile string, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	for {
-		f, err := os.OpenFile(pidFile, os.O_RDONLY|unix.O_NOFOLLOW, 0)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("daemon stop: %w", err)
-		}
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		f.Close() // closing drops the lock if we got it
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("bangerd asked to stop but still running after %s (%s is locked): %w", limit, pidFile, api.ErrBusy)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
 	}
 }

@@ -166,7 +166,7 @@ func randomName() string {
 
 func (a *app) vmRunCmd() *cobra.Command {
 	var p api.CreateVMParams
-	var rm bool
+	var rm, cold bool
 	var wsRepo string
 	var o execOpts
 	c := &cobra.Command{
@@ -178,6 +178,7 @@ func (a *app) vmRunCmd() *cobra.Command {
 				p.Name = randomName()
 			}
 			ctx := cmd.Context()
+			p.Warm = !cold
 			if _, err := a.createVM(cmd, p); err != nil {
 				if rm {
 					a.cleanupRun(p.Name)
@@ -208,6 +209,7 @@ func (a *app) vmRunCmd() *cobra.Command {
 	}
 	c.Flags().StringVar(&p.Name, "name", "", "VM name (default run-XXXXXX)")
 	c.Flags().BoolVar(&rm, "rm", false, "delete the VM when the command finishes")
+	c.Flags().BoolVar(&cold, "cold", false, "boot even when the image has a warm snapshot (image warm)")
 	c.Flags().StringVar(&wsRepo, "workspace", "", "prepare this host git repository in the VM and run the command there")
 	addCreateFlags(c, &p)
 	o.flags(c)

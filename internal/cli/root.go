@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -92,6 +93,9 @@ func (a *app) rootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.HasSubCommands() {
+				return nil // a command group only prints its help
+			}
 			if err := a.refuseRoot(os.Geteuid()); err != nil {
 				return err
 			}
@@ -109,9 +113,64 @@ func (a *app) rootCmd() *cobra.Command {
 	root.PersistentFlags().BoolVar(&a.noStart, "no-autostart", false, "do not start bangerd when it is not running")
 	root.PersistentFlags().BoolVar(&a.allowRoot, "allow-root", os.Getenv("BANGER_ALLOW_ROOT") == "1",
 		"run as root: the all-in-one mode, bangerd and every VMM as root (env BANGER_ALLOW_ROOT=1)")
-	root.AddCommand(a.vmCmd(), a.kernelCmd(), a.imageCmd(), a.daemonCmd(), a.doctorCmd(), a.systemCmd())
+	root.AddCommand(a.vmCmd(), a.kernelCmd(), a.imageCmd(), a.snapshotCmd(), a.daemonCmd(), a.doctorCmd(), a.systemCmd())
 	root.AddCommand(a.sshConfigCmd())
+	// cobra adds these at Execute; added now, so the walk below covers them.
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	rejectUnknownCommands(root)
 	return root
+}
+
+// rejectUnknownCommands makes every command group in the tree fail on an
+// argument that is none of its commands: cobra only does that for the root,
+// and a group without a Run prints its help and exits 0, so a script with
+// a typo (`banger vm sesion list`) would succeed. A bare group still prints
+// its help and exits 0. Groups that run something themselves keep their own
+// argument checks.
+func rejectUnknownCommands(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		rejectUnknownCommands(sub)
+	}
+	if !c.HasSubCommands() || c.Runnable() {
+		return
+	}
+	c.Args = unknownCommand
+	c.RunE = func(cmd *cobra.Command, args []string) error { return cmd.Help() }
+	if !c.HasParent() {
+		// A group is runnable now only to check its arguments: its usage
+		// still shows `<group> [command]`, not `<group> [flags]`.
+		c.SetUsageTemplate(strings.Replace(c.UsageTemplate(),
+			"{{if .Runnable}}", "{{if and .Runnable (not .HasAvailableSubCommands)}}", 1))
+	}
+}
+
+// unknownCommand fails on any argument given to a command group, on one
+// line (the CLI prints an error's first line), with cobra's suggestions.
+func unknownCommand(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2
+	}
+	var sugg []string
+	if !cmd.DisableSuggestions {
+		sugg = cmd.SuggestionsFor(args[0])
+	}
+	switch len(sugg) {
+	case 0:
+		msg += fmt.Sprintf("; see '%s --help'", cmd.CommandPath())
+	case 1:
+		msg += fmt.Sprintf("; did you mean %q?", sugg[0])
+	default:
+		for i, s := range sugg {
+			sugg[i] = strconv.Quote(s)
+		}
+		msg += "; did you mean one of " + strings.Join(sugg, ", ") + "?"
+	}
+	return errors.New(msg)
 }
 
 // refuseRoot stops a root CLI unless told: as root, the daemon it starts
@@ -142,6 +201,10 @@ func (a *app) call(ctx context.Context, method string, params, result any, opts 
 	return a.client().Call(ctx, method, params, result, opts...)
 }
 
+// startDaemon starts bangerd and waits until it answers. A bangerd that
+// still holds the pid file lock without answering is shutting down (it
+// removes its socket first) or starting: wait for it to exit, then start a
+// fresh one, or for it to answer.
 func (a *app) startDaemon(ctx context.Context) error {
 	bin, err := system.Executable("bangerd")
 	if err != nil {
@@ -150,24 +213,51 @@ func (a *app) startDaemon(ctx context.Context) error {
 	if err := a.layout.Ensure(); err != nil {
 		return err
 	}
-	fmt.Fprintf(a.stderr, "banger: starting bangerd (log: %s)\n", a.layout.Log())
-	// The daemon owns and rotates its log (--log-file) and points its own
-	// stdout/stderr there; the redirect here only catches what it prints
-	// before it has opened the log.
-	_, err = system.Exec{}.Start(ctx, system.ProcSpec{Path: bin, Args: []string{"--state-dir", a.layout.Root, "--log-file", a.layout.Log()},
-		Stdout: a.layout.Log(), Env: passEnv()})
-	if err != nil {
-		return err
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	const answerWait = 30 * time.Second
+	deadline := time.Now().Add(daemonStopWait + answerWait)
+	var spawned time.Time
+	spawns, waiting := 0, false
+	for {
+		held, herr := daemonLockHeld(a.layout.PID())
+		switch {
+		case herr != nil:
+			return fmt.Errorf("daemon lock: %w", herr)
+		case held && spawns == 0 && !waiting:
+			waiting = true
+			fmt.Fprintln(a.stderr, "banger: waiting for the previous bangerd to exit")
+		// A bangerd we started takes the lock within moments; one that lost
+		// the lock to a probe (see daemonLockHeld) or to another CLI's
+		// bangerd exited, and a second try settles it.
+		case !held && spawns < 3 && time.Since(spawned) > time.Second:
+			if spawns == 0 {
+				fmt.Fprintf(a.stderr, "banger: starting bangerd (log: %s)\n", a.layout.Log())
+				deadline = time.Now().Add(answerWait)
+			}
+			// The daemon owns and rotates its log (--log-file) and points its own
+			// stdout/stderr there; the redirect here only catches what it prints
+			// before it has opened the log.
+			_, err = system.Exec{}.Start(ctx, system.ProcSpec{Path: bin, Args: []string{"--state-dir", a.layout.Root, "--log-file", a.layout.Log()},
+				Stdout: a.layout.Log(), Env: passEnv()})
+			if err != nil {
+				return err
+			}
+			spawns++
+			spawned = time.Now()
+		}
 		var st api.DaemonStatus
 		err = a.client().Call(ctx, api.MethodDaemonStatus, nil, &st)
 		if err == nil {
 			return nil
 		}
-		if !errors.Is(err, rpc.ErrNoDaemon) {
+		if !errors.Is(err, rpc.ErrNoDaemon) && !errors.Is(err, api.ErrShuttingDown) {
 			return err
+		}
+		if time.Now().After(deadline) {
+			if spawns == 0 {
+				return fmt.Errorf("the previous bangerd (pid %d) still holds %s after %s: %w",
+					readDaemonPID(a.layout.PID()), a.layout.PID(), daemonStopWait, api.ErrBusy)
+			}
+			return fmt.Errorf("bangerd did not answer within %s (see %s): %w", answerWait, a.layout.Log(), err)
 		}
 		select {
 		case <-ctx.Done():
@@ -175,7 +265,6 @@ func (a *app) startDaemon(ctx context.Context) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("bangerd did not answer within 30s (see %s): %w", a.layout.Log(), err)
 }
 
 // passEnv forwards banger's own settings to an auto-started daemon.

@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -12,6 +13,9 @@ import (
 // TestMain: the package's tests drive Main, and the tests run as root here;
 // they mean the all-in-one mode. TestRefuseRoot checks the refusal itself.
 func TestMain(m *testing.M) {
+	if filepath.Base(os.Args[0]) == "bangerd" {
+		os.Exit(fakeBangerdMain(os.Args[1:])) // the test binary started as the daemon (autostart_test.go)
+	}
 	os.Setenv("BANGER_ALLOW_ROOT", "1")
 	os.Exit(m.Run())
 }

@@ -24,6 +24,8 @@ func (a *app) vmCmd() *cobra.Command {
 	c.AddCommand(a.vmSetCmd(), a.vmPortsCmd(), a.vmStatsCmd())
 	c.AddCommand(a.vmWorkspaceCmd(), a.vmSyncCmd())
 	c.AddCommand(a.vmSessionCmd())
+	c.AddCommand(a.vmPauseCmds()...)
+	c.AddCommand(a.vmSnapshotCmd(), a.vmForkCmd())
 	return c
 }
 
@@ -70,6 +72,7 @@ func (a *app) vmCreateCmd() *cobra.Command {
 	}
 	c.Flags().StringVar(&p.Name, "name", "", "VM name (required)")
 	c.Flags().BoolVar(&p.NoStart, "no-start", false, "create the disks but do not boot")
+	c.Flags().StringVar(&p.From, "from", "", "restore this snapshot instead of booting (vm snapshot, snapshot list)")
 	_ = c.MarkFlagRequired("name")
 	addCreateFlags(c, &p)
 	return c
@@ -123,6 +126,9 @@ func (a *app) renderVM(v api.VM) error {
 	rows = append(rows, [2]string{"nat", fmt.Sprint(v.NAT)}, [2]string{"nat private", fmt.Sprint(v.NATPrivate)},
 		[2]string{"host access", fmt.Sprint(v.HostAccess)})
 	rows = append(rows, idleRows(v)...)
+	if v.Snapshot != "" {
+		rows = append(rows, [2]string{"restored from", v.Snapshot})
+	}
 	if v.PID != 0 {
 		rows = append(rows, [2]string{"pid", fmt.Sprint(v.PID)})
 	}

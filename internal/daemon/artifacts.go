@@ -22,7 +22,9 @@ import (
 //   - staging and trash directories are deleted;
 //   - a complete directory (metadata and files present) without a row is
 //     adopted: its row is recreated from the metadata;
-//   - an incomplete directory without a row is deleted;
+//   - an incomplete directory without a row is deleted, unless a VM or a
+//     snapshot depends on it (store.CheckImageUnused: its file may back
+//     their qcow2 root disks);
 //   - a row whose directory is missing is deleted, unless a VM still names
 //     it (then it is reported and kept: `vm show` must not point at nothing,
 //     and `rm` refuses it for the same reason); a row whose directory is
@@ -112,6 +114,11 @@ func (dm *Daemon) reconcileImages(ctx context.Context, log *slog.Logger, vms []s
 	for name := range dirs {
 		info, lerr := image.Load(l, name)
 		if lerr != nil {
+			// A file that a VM's root disk reads through stays, complete or not.
+			if err := dm.d.Store.CheckImageUnused(ctx, name, filepath.Join(l.Image(name), paths.RootfsFile)); err != nil {
+				log.Warn("incomplete image directory kept", "image", name, "err", lerr, "reason", err)
+				continue
+			}
 			log.Warn("incomplete image directory removed", "image", name, "err", lerr)
 			if err := image.Remove(l, name); err != nil {
 				errs = append(errs, err)

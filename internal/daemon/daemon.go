@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
@@ -76,20 +77,25 @@ func Register(srv *rpc.Server, d Deps) *Daemon {
 	dm.registerNet(srv)
 	dm.registerSession(srv)
 	dm.registerStats(srv)
+	dm.registerSnapshot(srv)
 	return dm
 }
 
 // detached runs long work on a context that outlives the request: a client
 // that hangs up (Ctrl-C) stops watching, the work still completes or rolls
-// back cleanly. Progress is forwarded while the client listens.
+// back cleanly. Progress is forwarded while the client listens. When the
+// daemon shuts down, the server interrupts the work once its grace period
+// is over; the handler then waits for the work's rollback and returns its
+// error, which the server reports as interrupted.
 func detached[T any](ctx context.Context, c *rpc.Call, work func(ctx context.Context, progress vm.Progress) (T, error)) (T, error) {
 	type result struct {
 		v   T
 		err error
 	}
 	done := make(chan result, 1)
-	wctx := context.WithoutCancel(ctx)
+	wctx, release := c.Detach()
 	go func() {
+		defer release()
 		v, err := work(wctx, func(stage, msg string) { c.Progress(stage, msg) })
 		done <- result{v, err}
 	}()
@@ -97,6 +103,10 @@ func detached[T any](ctx context.Context, c *rpc.Call, work func(ctx context.Con
 	case r := <-done:
 		return r.v, r.err
 	case <-ctx.Done():
+		if errors.Is(context.Cause(ctx), api.ErrShuttingDown) {
+			r := <-done // interrupted too: report how it ended
+			return r.v, r.err
+		}
 		var zero T
 		return zero, fmt.Errorf("client went away; the operation continues in the daemon: %w", ctx.Err())
 	}
@@ -393,6 +403,16 @@ func (dm *Daemon) kernelRm(ctx context.Context, c *rpc.Call) (any, error) {
 	if err := dm.inUse(ctx, func(v store.VM) bool { return v.Kernel == n }, "kernel", n); err != nil {
 		return nil, err
 	}
+	// A restore starts the VMM with the snapshot's kernel again.
+	sns, err := dm.d.Store.ListSnapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, sn := range sns {
+		if sn.Kernel == n {
+			return nil, fmt.Errorf("kernel %q is used by snapshot %q: %w", n, sn.Name, api.ErrBusy)
+		}
+	}
 	if rerr == nil {
 		if err := dm.d.Store.DeleteKernel(ctx, n); err != nil {
 			return nil, err
@@ -430,7 +450,13 @@ func (dm *Daemon) imageBuild(ctx context.Context, c *rpc.Call) (any, error) {
 			return nil, fmt.Errorf("kernel %q: %w", p.Kernel, err)
 		}
 	}
-	if _, err := dm.d.Store.GetImage(ctx, p.Name); err == nil {
+	if img, err := dm.d.Store.GetImage(ctx, p.Name); err == nil {
+		// An image is never rebuilt in place: its file may back VMs' root
+		// disks (qcow2 overlays). Say who holds it, since `image rm` would
+		// refuse too.
+		if uerr := dm.d.Store.CheckImageUnused(ctx, img.Name, img.Path); uerr != nil {
+			return nil, fmt.Errorf("image %q: %w, and it cannot be removed or replaced: %v", p.Name, api.ErrExists, uerr)
+		}
 		return nil, fmt.Errorf("image %q: %w", p.Name, api.ErrExists)
 	}
 	return detached(ctx, c, func(ctx context.Context, pr vm.Progress) (api.Image, error) {
@@ -489,15 +515,18 @@ func (dm *Daemon) imageRm(ctx context.Context, c *rpc.Call) (any, error) {
 	if rerr != nil && errors.Is(derr, fs.ErrNotExist) {
 		return nil, fmt.Errorf("image %q: %w", n, rerr)
 	}
-	// VM root disks are clones, so an image is free to go; we still refuse
-	// while VMs reference it so `vm show` never points at nothing.
-	if err := dm.inUse(ctx, func(v store.VM) bool { return v.Image == n }, "image", n); err != nil {
-		return nil, err
-	}
+	// Refused while a VM or a snapshot depends on it (store.ImageInUseError
+	// names them): its file backs their qcow2 root disks, and a VM made by
+	// copy still names it (`vm show` must never point at nothing). The
+	// check and the row's delete are one transaction, so a create that
+	// inserts its row meanwhile either makes this refuse or finds no image
+	// (vm.Service.makeRootDisk); the files go only after the row.
 	if rerr == nil {
-		if err := dm.d.Store.DeleteImage(ctx, n); err != nil {
+		if err := dm.d.Store.DeleteImageUnused(ctx, n); err != nil {
 			return nil, err
 		}
+	} else if err := dm.d.Store.CheckImageUnused(ctx, n, filepath.Join(dm.d.Layout.Image(n), paths.RootfsFile)); err != nil {
+		return nil, err
 	}
 	if err := image.Remove(dm.d.Layout, n); err != nil && !errors.Is(err, api.ErrNotFound) {
 		return nil, err
@@ -528,9 +557,12 @@ func (dm *Daemon) stop(ctx context.Context, c *rpc.Call) (any, error) {
 	if dm.d.Shutdown == nil {
 		return nil, errors.New("shutdown not wired")
 	}
-	// Reply first, then exit; running VMs keep running and are adopted at next start.
-	go func() { time.Sleep(100 * time.Millisecond); dm.d.Shutdown() }()
-	return nil, nil
+	// The server stops accepting at once (the socket goes), lets the calls
+	// in flight, this one included, finish within its grace period and
+	// interrupts the rest; the process then exits. Running VMs keep running
+	// and are adopted at next start.
+	dm.d.Shutdown()
+	return api.DaemonStopResult{PID: os.Getpid()}, nil
 }
 
 func (dm *Daemon) doctor(ctx context.Context, c *rpc.Call) (any, error) {

@@ -1,5 +1,6 @@
-// Package disk makes and changes the raw disk files VMs boot from: copy-on-write
-// clones of image files, ext4 images, offline growth and the per-VM seed disk.
+// Package disk makes and changes the disk files VMs boot from: copy-on-write
+// clones or qcow2 overlays of image files (Clone, Layer), raw ext4 images,
+// offline growth and the per-VM seed disk.
 package disk
 
 import (
@@ -14,7 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Method says how Clone copied a file, so callers can record it.
+// Method says how Clone or Layer made a disk from its source, so callers can
+// record it.
 type Method string
 
 const (
@@ -30,20 +32,35 @@ const copyChunk = 64 << 20
 // Clone makes dst a copy-on-write clone of src using the cheapest primitive:
 // FICLONE, then a hole-preserving copy (SEEK_DATA/SEEK_HOLE + copy_file_range,
 // falling back to read/write across file systems). Holes are never filled.
-// The clone is written under a temporary name in dst's directory and renamed
-// into place, so on failure nothing is left at dst.
+// dst gets src's permission bits. The clone is written under a temporary name
+// in dst's directory and renamed into place, so on failure nothing is left at
+// dst.
 func Clone(ctx context.Context, src, dst string) (Method, error) {
+	m, err := commit(ctx, "clone", src, dst, 0, func(in, out *os.File, _ string, size int64) (Method, error) {
+		return cloneInto(ctx, in, out, size)
+	})
+	return m, err
+}
+
+// commit is the frame of Clone and Layer: src opened (a regular file), a
+// temporary file made next to dst, fill writes it (in: src, out and tmp: the
+// temporary file and its name), its mode set (perm 0: src's), synced and
+// renamed onto dst. On failure the temporary file is removed.
+func commit(ctx context.Context, what, src, dst string, perm os.FileMode, fill func(in, out *os.File, tmp string, size int64) (Method, error)) (Method, error) {
 	in, err := os.Open(src)
 	if err != nil {
-		return "", fmt.Errorf("clone: %w", err)
+		return "", fmt.Errorf("%s: %w", what, err)
 	}
 	defer in.Close()
 	st, err := in.Stat()
 	if err != nil {
-		return "", fmt.Errorf("clone: %w", err)
+		return "", fmt.Errorf("%s: %w", what, err)
 	}
 	if !st.Mode().IsRegular() {
-		return "", fmt.Errorf("clone %s: not a regular file", src)
+		return "", fmt.Errorf("%s %s: not a regular file", what, src)
+	}
+	if perm == 0 {
+		perm = st.Mode().Perm()
 	}
 
 	dir, base := filepath.Split(dst)
@@ -52,7 +69,7 @@ func Clone(ctx context.Context, src, dst string) (Method, error) {
 	}
 	out, err := os.CreateTemp(dir, "."+base+".tmp-*")
 	if err != nil {
-		return "", fmt.Errorf("clone: %w", err)
+		return "", fmt.Errorf("%s: %w", what, err)
 	}
 	tmp := out.Name()
 	done := false
@@ -63,22 +80,22 @@ func Clone(ctx context.Context, src, dst string) (Method, error) {
 		}
 	}()
 
-	method, err := cloneInto(ctx, in, out, st.Size())
+	method, err := fill(in, out, tmp, st.Size())
 	if err != nil {
-		return "", fmt.Errorf("clone %s to %s: %w", src, dst, err)
+		return "", fmt.Errorf("%s %s to %s: %w", what, src, dst, err)
 	}
-	if err := out.Chmod(st.Mode().Perm()); err != nil {
-		return "", fmt.Errorf("clone: %w", err)
+	if err := out.Chmod(perm); err != nil {
+		return "", fmt.Errorf("%s: %w", what, err)
 	}
 	// A crash after the rename must not leave a half-written disk under dst.
 	if err := out.Sync(); err != nil {
-		return "", fmt.Errorf("clone: sync %s: %w", tmp, err)
+		return "", fmt.Errorf("%s: sync %s: %w", what, tmp, err)
 	}
 	if err := out.Close(); err != nil {
-		return "", fmt.Errorf("clone: %w", err)
+		return "", fmt.Errorf("%s: %w", what, err)
 	}
 	if err := os.Rename(tmp, dst); err != nil {
-		return "", fmt.Errorf("clone: %w", err)
+		return "", fmt.Errorf("%s: %w", what, err)
 	}
 	done = true
 	return method, nil
@@ -88,12 +105,20 @@ func cloneInto(ctx context.Context, in, out *os.File, size int64) (Method, error
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
-	err := unix.IoctlFileClone(int(out.Fd()), int(in.Fd()))
-	if err == nil {
+	if reflink(in, out) {
 		return MethodReflink, nil
 	}
-	// Anything else (EOPNOTSUPP on ext4, EXDEV across file systems, EINVAL,
-	// ENOTTY...) just means this host cannot share extents here.
+	return copyInto(ctx, in, out, size)
+}
+
+// reflink tries FICLONE. Any failure (EOPNOTSUPP on ext4, EXDEV across file
+// systems, EINVAL, ENOTTY...) just means this host cannot share extents here.
+func reflink(in, out *os.File) bool {
+	return unix.IoctlFileClone(int(out.Fd()), int(in.Fd())) == nil
+}
+
+// copyInto makes out a hole-preserving copy of in.
+func copyInto(ctx context.Context, in, out *os.File, size int64) (Method, error) {
 	if err := out.Truncate(size); err != nil {
 		return "", err
 	}

@@ -241,8 +241,10 @@ func TestCloneFailureLeavesNothing(t *testing.T) {
 	noTemps(t, dir)
 }
 
-// TestCloneReflinkXFS clones on a real reflink-capable XFS (loop device).
-func TestCloneReflinkXFS(t *testing.T) {
+// mountXFS mounts a fresh reflink-capable XFS (a loop device over a file in
+// the test's temp dir) and returns its mount point; it is gone after the test.
+func mountXFS(t *testing.T) string {
+	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireTools(t, "mkfs.xfs", "losetup", "mount", "umount")
 	ctx := context.Background()
@@ -273,7 +275,13 @@ func TestCloneReflinkXFS(t *testing.T) {
 	}
 	// Registered after losetup's cleanup, so it runs first.
 	t.Cleanup(func() { r.Run(context.Background(), "umount", mnt) })
+	return mnt
+}
 
+// TestCloneReflinkXFS clones on a real reflink-capable XFS (loop device).
+func TestCloneReflinkXFS(t *testing.T) {
+	mnt := mountXFS(t)
+	ctx := context.Background()
 	src, dst := filepath.Join(mnt, "src.img"), filepath.Join(mnt, "dst.img")
 	makeSparse(t, src, 256<<20, map[int64][]byte{4096: randBytes(t, 8<<20)})
 	m, err := Clone(ctx, src, dst)

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/banger-dev/banger/internal/api"
 )
 
@@ -52,4 +54,13 @@ func ParseSize(s string) (int64, error) {
 		return bad("too large")
 	}
 	return n * mult, nil
+}
+
+// Allocated is the space p takes on disk (st_blocks), 0 when it cannot be read.
+func Allocated(p string) int64 {
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil {
+		return 0
+	}
+	return st.Blocks * 512
 }

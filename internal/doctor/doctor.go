@@ -34,6 +34,7 @@ type Checker struct {
 // Binaries banger execs, and what needs them.
 var binaries = []struct{ name, why string }{
 	{"qemu-system-x86_64", "runs VMs (apt-get install qemu-system-x86)"},
+	{"qemu-img", "makes copy-on-write root disks: qcow2 overlays on the image (apt-get install qemu-utils)"},
 	{"mkfs.ext4", "builds root and work disks (e2fsprogs)"},
 	{"e2fsck", "checks disks before resizing (e2fsprogs)"},
 	{"resize2fs", "grows disks (e2fsprogs)"},

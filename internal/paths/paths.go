@@ -16,6 +16,9 @@
 //	<state>/vms/<id>/console.log[.1]  serial console, written by the daemon, capped
 //	<state>/vms/<id>/vmm.log          the VMM's own stdout/stderr, capped
 //	<state>/vms/<id>/workspace.json   per-file manifest of the last workspace sync
+//	<state>/vms/<id>/mem              guest RAM of a running QEMU VM (file-backed, shared)
+//	<state>/snapshots/<id>/           state (device state), mem, root.img, work.img
+//	<state>/snapshots/.tmp-<id>/      a snapshot being made (removed at daemon start)
 //	<state>/sync.json                 host files copied into every VM (see internal/workspace)
 //	<state>/cache/                    downloads keyed by content
 package paths
@@ -53,6 +56,7 @@ const (
 	VMConsoleLog  = "console.log"
 	VMConsoleSock = "console.sock"
 	VMAgentSock   = "agent.sock" // the guest agent's channel (QEMU's virtio-serial port)
+	VMMemFile     = "mem"        // guest RAM of a running QEMU VM (memory-backend-file, shared); removed at teardown
 	VMMLog        = "vmm.log"
 	VMPIDFile     = "vmm.pid"
 	VMHandlesFile = "handles.json"
@@ -101,6 +105,8 @@ func (l Layout) ImagesDir() string         { return filepath.Join(l.Root, "image
 func (l Layout) Image(name string) string  { return filepath.Join(l.Root, "images", name) }
 func (l Layout) VMsDir() string            { return filepath.Join(l.Root, "vms") }
 func (l Layout) VM(id string) string       { return filepath.Join(l.Root, "vms", id) }
+func (l Layout) SnapshotsDir() string      { return filepath.Join(l.Root, "snapshots") }
+func (l Layout) Snapshot(id string) string { return filepath.Join(l.Root, "snapshots", id) }
 func (l Layout) Cache() string             { return filepath.Join(l.Root, "cache") }
 func (l Layout) Tmp() string               { return filepath.Join(l.Root, "tmp") }
 func (l Layout) SyncConfig() string        { return filepath.Join(l.Root, SyncConfigFile) }
@@ -119,7 +125,7 @@ func (l Layout) Ensure() error {
 		return err
 	}
 	defer unix.Close(root)
-	for _, name := range []string{SSHDir, "kernels", "images", "vms", "cache", "tmp"} {
+	for _, name := range []string{SSHDir, "kernels", "images", "vms", "snapshots", "cache", "tmp"} {
 		p := filepath.Join(l.Root, name)
 		if err := unix.Mkdirat(root, name, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("%s: %w", p, err)

@@ -1,6 +1,7 @@
 package rpc
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +24,39 @@ type Call struct {
 
 	w  *frameWriter
 	in chan api.Input
+	// ctx is the call's context; sv the Serve it belongs to (nil in a Call
+	// made outside a server).
+	ctx context.Context
+	sv  *serving
+}
+
+// Detach returns a context for work that must outlive the client: it is not
+// cancelled when the client hangs up, only when the server interrupts its
+// calls at shutdown (cause api.ErrShuttingDown). Serve does not return
+// before done is called, so the work is never cut short by the process
+// exiting. Call it from the handler, before it returns; call done once.
+func (c *Call) Detach() (ctx context.Context, done func()) {
+	if c.sv == nil {
+		return context.WithoutCancel(c.context()), func() {}
+	}
+	ctx, cancel := context.WithCancelCause(context.WithoutCancel(c.context()))
+	stop := context.AfterFunc(c.sv.calls, func() { cancel(context.Cause(c.sv.calls)) })
+	c.sv.wg.Add(1) // the handler's own connection is still counted: never from zero
+	var once sync.Once
+	return ctx, func() {
+		once.Do(func() {
+			stop()
+			cancel(nil)
+			c.sv.wg.Done()
+		})
+	}
+}
+
+func (c *Call) context() context.Context {
+	if c.ctx == nil {
+		return context.Background()
+	}
+	return c.ctx
 }
 
 // Decode decodes the request params into v strictly: unknown fields and

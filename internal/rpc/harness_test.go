@@ -57,7 +57,7 @@ type harness struct {
 	errc   chan error
 }
 
-func newHarness(t *testing.T, allowUID int) *harness {
+func newHarness(t *testing.T, allowUID int, opts ...func(*Server)) *harness {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "d.sock")
 	ln, err := Listen(path)
@@ -71,6 +71,9 @@ func newHarness(t *testing.T, allowUID int) *harness {
 		path:   path,
 		logs:   logs,
 		errc:   make(chan error, 1),
+	}
+	for _, o := range opts {
+		o(h.srv)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
@@ -106,6 +109,12 @@ func rawExchange(t *testing.T, path string, payload []byte) []api.Response {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	return exchangeOn(t, conn, payload)
+}
+
+// exchangeOn is rawExchange on a connection already made.
+func exchangeOn(t *testing.T, conn net.Conn, payload []byte) []api.Response {
+	t.Helper()
 	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
 	go func() {
 		// May fail once the server gave up on us; the half-close marks the end

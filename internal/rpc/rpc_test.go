@@ -401,7 +401,9 @@ func TestHalfCloseThenDisconnect(t *testing.T) {
 	}
 }
 
-func TestServeStopCancelsInFlight(t *testing.T) {
+// With no grace period, a call in flight at shutdown is interrupted at once,
+// and its client is told so (not "canceled", not "client went away").
+func TestServeStopInterruptsInFlight(t *testing.T) {
 	h := newHarness(t, ownUID())
 	started := make(chan struct{})
 	h.srv.Handle("test.block", func(ctx context.Context, c *Call) (any, error) {
@@ -415,7 +417,8 @@ func TestServeStopCancelsInFlight(t *testing.T) {
 	h.stop(t)
 	err := <-errc
 	var we *api.Error
-	if !errors.As(err, &we) || we.Code != api.CodeCanceled {
+	if !errors.As(err, &we) || we.Code != api.CodeShutdown || !errors.Is(err, api.ErrShuttingDown) ||
+		!strings.HasPrefix(we.Message, "the daemon is shutting down; test.block was interrupted") {
 		t.Fatalf("in-flight call during shutdown: err = %v", err)
 	}
 	if _, err := os.Lstat(h.path); !errors.Is(err, fs.ErrNotExist) {

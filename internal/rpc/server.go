@@ -29,6 +29,9 @@ const (
 	cancelGrace = 5 * time.Second
 	// hangupPoll is how often a call checks whether its client is gone.
 	hangupPoll = 100 * time.Millisecond
+	// interruptWait bounds how long shutdown waits for interrupted calls to
+	// return (their rollbacks have their own, shorter bounds).
+	interruptWait = 2 * time.Minute
 	// refuseTimeout bounds writing the busy frame to a refused connection.
 	refuseTimeout = 100 * time.Millisecond
 )
@@ -50,6 +53,12 @@ type Handler func(ctx context.Context, c *Call) (any, error)
 type Server struct {
 	log      *slog.Logger
 	allowUID int
+
+	// ShutdownGrace is how long Serve lets in-flight calls (and the work
+	// they detached) finish once its ctx ends, before interrupting them.
+	// The listener is closed first, so no new connection arrives meanwhile.
+	// Zero interrupts at once. Set it before Serve.
+	ShutdownGrace time.Duration
 
 	mu       sync.RWMutex
 	handlers map[string]Handler
@@ -165,15 +174,17 @@ func (s *Server) handler(method string) (Handler, bool) {
 }
 
 // Serve accepts connections until ctx is done or ln is closed; it closes ln
-// when ctx ends. Before returning it cancels the in-flight handlers and
-// waits for them. It returns nil on those two normal ends.
+// (unlinking the socket) when ctx ends. It then shuts down: in-flight calls
+// and the work they detached get ShutdownGrace to finish, then are
+// interrupted (their ctx cancelled with cause api.ErrShuttingDown, their
+// clients told "the daemon is shutting down; <method> was interrupted"), and
+// Serve returns only once all of them have returned. It returns nil on those
+// two normal ends. Call it once per Server.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer func() {
-		cancel()
-		wg.Wait()
-	}()
+	sv := &serving{stopping: ctx}
+	// Calls outlive ctx by the grace period: they end with interrupt.
+	sv.calls, sv.interrupt = context.WithCancelCause(context.WithoutCancel(ctx))
+	defer s.shutdown(sv)
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	// Close here too, synchronously: Serve returns only once the socket is
@@ -211,15 +222,78 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			s.refuse(uc)
 			continue
 		}
-		wg.Add(1)
+		sv.wg.Add(1)
 		go func() {
-			defer wg.Done()
-			s.serveConn(ctx, uc)
+			defer sv.wg.Done()
+			s.serveConn(sv, uc)
 		}()
 	}
 }
 
-func (s *Server) serveConn(ctx context.Context, conn *net.UnixConn) {
+// serving is one Serve's shutdown state, shared with its calls.
+type serving struct {
+	// stopping ends when shutdown begins: a request read after that is not run.
+	stopping context.Context
+	// calls is the parent of every call's ctx and of detached work; it ends
+	// (cause api.ErrShuttingDown) when the grace period is over.
+	calls     context.Context
+	interrupt context.CancelCauseFunc
+	// wg counts connections being served and detached work.
+	wg sync.WaitGroup
+}
+
+// shutdown runs after the listener is closed: it waits ShutdownGrace for
+// in-flight calls, then interrupts the rest and waits for them to return
+// (rollbacks are bounded by the operations themselves; shutdown by
+// interruptWait).
+func (s *Server) shutdown(sv *serving) {
+	drained := make(chan struct{})
+	go func() { sv.wg.Wait(); close(drained) }()
+	t := time.NewTimer(s.ShutdownGrace)
+	defer t.Stop()
+	select {
+	case <-drained:
+	case <-t.C:
+		s.log.Warn("rpc shutdown: interrupting calls still in flight", "grace", s.ShutdownGrace.String())
+		sv.interrupt(api.ErrShuttingDown)
+		// Connections that never sent a request would hold the wait until
+		// their request timeout.
+		s.closeIdle()
+		select {
+		case <-drained:
+		case <-time.After(interruptWait):
+			// A call that ignores its ctx must not keep the process alive
+			// forever; what it leaves is reconciled at the next start.
+			s.log.Error("rpc shutdown: calls still running after being interrupted; exiting without them",
+				"waited", interruptWait.String())
+		}
+	}
+	sv.interrupt(nil)
+}
+
+// closeIdle closes the connections that have not sent their request yet.
+func (s *Server) closeIdle() {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	for c, sl := range s.conns {
+		if sl.idle {
+			delete(s.conns, c)
+			c.Close()
+		}
+	}
+}
+
+// interrupted is the wire error of a call the shutdown cut short (err says
+// how it ended) or never started (err nil).
+func interrupted(method string, err error) *api.Error {
+	if err == nil {
+		return &api.Error{Code: api.CodeShutdown, Message: fmt.Sprintf("%v; %s was not started", api.ErrShuttingDown, method)}
+	}
+	return &api.Error{Code: api.CodeShutdown, Message: fmt.Sprintf("%v; %s was interrupted: %v", api.ErrShuttingDown, method, err)}
+}
+
+func (s *Server) serveConn(sv *serving, conn *net.UnixConn) {
+	ctx := sv.calls
 	defer s.release(conn)
 	defer conn.Close()
 	start := time.Now()
@@ -246,7 +320,9 @@ func (s *Server) serveConn(ctx context.Context, conn *net.UnixConn) {
 	frame, err := readFrame(br, MaxRequestFrame)
 	_ = conn.SetReadDeadline(time.Time{})
 	if !s.busy(conn) {
-		s.log.Warn("rpc idle connection closed to make room", "limit", MaxConns)
+		if sv.calls.Err() == nil {
+			s.log.Warn("rpc idle connection closed to make room", "limit", MaxConns)
+		}
 		return
 	}
 	if errors.Is(err, io.EOF) {
@@ -273,6 +349,10 @@ func (s *Server) serveConn(ctx context.Context, conn *net.UnixConn) {
 		s.log.WarnContext(ctx, "rpc ignored malformed forwarded op id", "method", req.Method)
 	}
 	s.log.InfoContext(ctx, "rpc start", "method", req.Method, "peer_pid", cred.Pid)
+	if sv.stopping.Err() != nil {
+		s.finish(ctx, w, req.Method, start, nil, interrupted(req.Method, nil))
+		return
+	}
 	h, ok := s.handler(req.Method)
 	if !ok {
 		s.finish(ctx, w, req.Method, start, nil, &api.Error{
@@ -293,6 +373,7 @@ func (s *Server) serveConn(ctx context.Context, conn *net.UnixConn) {
 		Method: req.Method, Params: req.Params, OpID: id,
 		PeerUID: int(cred.Uid), PeerPID: int(cred.Pid),
 		w: w, in: make(chan api.Input, 16),
+		ctx: callCtx, sv: sv,
 	}
 	raw, err := conn.SyscallConn()
 	if err != nil {
@@ -305,7 +386,9 @@ func (s *Server) serveConn(ctx context.Context, conn *net.UnixConn) {
 	go func() { defer bg.Done(); watchHangup(callCtx, cancel, raw) }()
 
 	result, herr := s.invoke(callCtx, h, c)
-	if herr != nil && (errors.Is(herr, context.Canceled) || errors.Is(herr, context.DeadlineExceeded)) {
+	if herr != nil && errors.Is(context.Cause(callCtx), api.ErrShuttingDown) {
+		herr = interrupted(req.Method, herr)
+	} else if herr != nil && (errors.Is(herr, context.Canceled) || errors.Is(herr, context.DeadlineExceeded)) {
 		// Report why the call was cancelled (bad input frame, client gone) when we know.
 		if cause := context.Cause(callCtx); cause != nil && !errors.Is(cause, context.Canceled) {
 			herr = fmt.Errorf("%w: %w", herr, cause)

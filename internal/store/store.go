@@ -38,6 +38,13 @@ const (
 const (
 	CloneReflink    = "reflink"
 	CloneSparseCopy = "sparse-copy"
+	CloneQcow2      = "qcow2-overlay" // RootBacking is the file it reads through
+)
+
+// Root disk formats (vms.root_format, migration 0008).
+const (
+	FormatRaw   = "raw"
+	FormatQcow2 = "qcow2"
 )
 
 // busyTimeout is how long a writer waits for another writer's lock.
@@ -51,9 +58,17 @@ type VM struct {
 	GuestIP, MAC, Tap        string
 	State                    string // StateCreating | StateRunning | StateStopped | StateError
 	LastError                string
-	CloneMethod              string // CloneReflink | CloneSparseCopy
+	CloneMethod              string // CloneReflink | CloneSparseCopy | CloneQcow2
 	Dir                      string // VM directory; per-VM paths derive from it
-	CreatedAt, UpdatedAt     time.Time
+	// RootFormat is the root disk's format as banger made it (FormatRaw,
+	// FormatQcow2; "" is written as raw). It is what the VMM is told,
+	// never read back from the file, whose bytes the guest owns.
+	RootFormat string
+	// RootBacking is the absolute path of the file a qcow2 root disk reads
+	// through (an image's rootfs.ext4), "" when the disk stands alone. That
+	// file must not change or go while the VM exists (ImageUsers).
+	RootBacking          string
+	CreatedAt, UpdatedAt time.Time
 }
 
 // Kernel is an imported kernel.
@@ -206,7 +221,7 @@ func notFound(kind, name string) error { return fmt.Errorf("%s %q: %w", kind, na
 // --- VMs ---
 
 const vmColumns = `id, name, image, kernel, vcpu, memory_mib, disk_bytes, work_disk_bytes,
-	guest_ip, mac, tap, state, last_error, clone_method, dir, created_at, updated_at`
+	guest_ip, mac, tap, state, last_error, clone_method, dir, created_at, updated_at, root_format, root_backing`
 
 func validateVM(vm *VM) error {
 	switch {
@@ -214,6 +229,8 @@ func validateVM(vm *VM) error {
 		return fmt.Errorf("%w: vm name is empty", api.ErrInvalid)
 	case vm.VCPU < 0 || vm.MemoryMiB < 0 || vm.DiskBytes < 0 || vm.WorkDiskBytes < 0:
 		return fmt.Errorf("vm %q: %w: negative size", vm.Name, api.ErrInvalid)
+	case vm.RootFormat != "" && vm.RootFormat != FormatRaw && vm.RootFormat != FormatQcow2:
+		return fmt.Errorf("vm %q: %w: root disk format %q", vm.Name, api.ErrInvalid, vm.RootFormat)
 	}
 	switch vm.State {
 	case StateCreating, StateRunning, StateStopped, StateError:
@@ -235,11 +252,12 @@ func (s *Store) CreateVM(ctx context.Context, vm *VM) error {
 	}
 	v.CreatedAt = s.stamp()
 	v.UpdatedAt = v.CreatedAt
+	v.RootFormat = rootFormat(v.RootFormat)
 	_, err := s.db.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		v.ID, v.Name, v.Image, v.Kernel, v.VCPU, v.MemoryMiB, v.DiskBytes, v.WorkDiskBytes,
 		v.GuestIP, v.MAC, v.Tap, v.State, v.LastError, v.CloneMethod, v.Dir,
-		v.CreatedAt.UnixNano(), v.UpdatedAt.UnixNano())
+		v.CreatedAt.UnixNano(), v.UpdatedAt.UnixNano(), v.RootFormat, v.RootBacking)
 	if err != nil {
 		return conflictErr("vm", v.Name, err)
 	}
@@ -253,7 +271,8 @@ func scanVM(r scanner) (VM, error) {
 	var v VM
 	var created, updated int64
 	err := r.Scan(&v.ID, &v.Name, &v.Image, &v.Kernel, &v.VCPU, &v.MemoryMiB, &v.DiskBytes, &v.WorkDiskBytes,
-		&v.GuestIP, &v.MAC, &v.Tap, &v.State, &v.LastError, &v.CloneMethod, &v.Dir, &created, &updated)
+		&v.GuestIP, &v.MAC, &v.Tap, &v.State, &v.LastError, &v.CloneMethod, &v.Dir, &created, &updated,
+		&v.RootFormat, &v.RootBacking)
 	v.CreatedAt, v.UpdatedAt = fromNanos(created), fromNanos(updated)
 	return v, err
 }
@@ -300,11 +319,12 @@ func (s *Store) UpdateVM(ctx context.Context, vm *VM) error {
 		return err
 	}
 	updated := s.stamp()
+	format := rootFormat(vm.RootFormat)
 	res, err := s.db.ExecContext(ctx, `UPDATE vms SET name = ?, image = ?, kernel = ?, vcpu = ?, memory_mib = ?,
 		disk_bytes = ?, work_disk_bytes = ?, guest_ip = ?, mac = ?, tap = ?, state = ?, last_error = ?,
-		clone_method = ?, dir = ?, updated_at = ? WHERE id = ?`,
+		clone_method = ?, dir = ?, root_format = ?, root_backing = ?, updated_at = ? WHERE id = ?`,
 		vm.Name, vm.Image, vm.Kernel, vm.VCPU, vm.MemoryMiB, vm.DiskBytes, vm.WorkDiskBytes,
-		vm.GuestIP, vm.MAC, vm.Tap, vm.State, vm.LastError, vm.CloneMethod, vm.Dir,
+		vm.GuestIP, vm.MAC, vm.Tap, vm.State, vm.LastError, vm.CloneMethod, vm.Dir, format, vm.RootBacking,
 		updated.UnixNano(), vm.ID)
 	if err != nil {
 		return conflictErr("vm", vm.Name, err)
@@ -314,7 +334,7 @@ func (s *Store) UpdateVM(ctx context.Context, vm *VM) error {
 	} else if n == 0 {
 		return notFound("vm", vm.ID)
 	}
-	vm.UpdatedAt = updated
+	vm.UpdatedAt, vm.RootFormat = updated, format
 	return nil
 }
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"github.com/banger-dev/banger/internal/agent"
 
-	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/guest"
 	"github.com/banger-dev/banger/internal/store"
 )
@@ -17,8 +16,8 @@ func (s *Service) Exec(ctx context.Context, name string, req guest.ExecRequest) 
 	if err != nil {
 		return 0, err
 	}
-	if !s.Running(v) {
-		return 0, fmt.Errorf("vm %q is %s: %w", v.Name, v.State, api.ErrNotRunning)
+	if err := s.usable(ctx, v); err != nil {
+		return 0, err
 	}
 	release := s.Hold(v.ID) // the VM is in use while the command runs
 	defer release()
@@ -31,8 +30,8 @@ func (s *Service) SSHTarget(ctx context.Context, name string) (store.VM, guest.T
 	if err != nil {
 		return v, guest.Target{}, err
 	}
-	if !s.Running(v) {
-		return v, guest.Target{}, fmt.Errorf("vm %q is %s: %w", v.Name, v.State, api.ErrNotRunning)
+	if err := s.usable(ctx, v); err != nil {
+		return v, guest.Target{}, err
 	}
 	return v, s.target(v), nil
 }
@@ -44,8 +43,8 @@ func (s *Service) Agent(ctx context.Context, name string) (store.VM, *agent.Clie
 	if err != nil {
 		return v, nil, err
 	}
-	if !s.Running(v) {
-		return v, nil, fmt.Errorf("vm %q is %s: %w", v.Name, v.State, api.ErrNotRunning)
+	if err := s.usable(ctx, v); err != nil {
+		return v, nil, err
 	}
 	s.Touch(v.ID) // a session or other use of the agent is activity (idle.go)
 	c, err := s.d.Guest.Agent(ctx, s.target(v))

@@ -104,6 +104,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 					s.d.Log.WarnContext(ctx, "reattach console", "vm", v.Name, "err", err)
 				}
 			}
+			s.resumeInterrupted(ctx, v, spec)
 			s.d.Log.InfoContext(ctx, "adopted running vm", "vm", v.Name, "pid", pid)
 			adopted[v.ID] = true
 			continue
@@ -124,6 +125,9 @@ func (s *Service) Reconcile(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("reconcile vm %q: %w", v.Name, err))
 		}
 		s.d.Log.InfoContext(ctx, "reconciled vm", "vm", v.Name, "state", state)
+	}
+	if err := s.reconcileSnapshots(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("reconcile snapshots: %w", err))
 	}
 	if err := s.reconcileNet(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("reconcile network: %w", err))

@@ -12,6 +12,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/logfile"
 	"github.com/banger-dev/banger/internal/store"
+	"github.com/banger-dev/banger/internal/vmm"
 )
 
 // Start boots a stopped VM and waits until it answers SSH.
@@ -39,6 +40,12 @@ func (s *Service) Start(ctx context.Context, name string, progress Progress) (st
 
 // start runs the start pipeline. The caller holds the VM lock.
 func (s *Service) start(ctx context.Context, v *store.VM, bootTimeout time.Duration, progress Progress) error {
+	return s.startWith(ctx, v, bootTimeout, progress, nil)
+}
+
+// startWith is start; with from set, the VMM restores that snapshot instead
+// of booting, and the guest agent re-identifies the guest before readiness.
+func (s *Service) startWith(ctx context.Context, v *store.VM, bootTimeout time.Duration, progress Progress, from *restoreFrom) error {
 	h := &Handles{Tap: v.Tap}
 	spec, err := s.spec(*v)
 	if err != nil {
@@ -79,7 +86,15 @@ func (s *Service) start(ctx context.Context, v *store.VM, bootTimeout time.Durat
 				return fmt.Errorf("open tap %s: %w", v.Tap, err)
 			}
 			spec.TapFile = tapf
-			pid, err := s.d.Driver.Start(ctx, spec)
+			var pid int
+			if from != nil {
+				var sn vmm.Snapshotter
+				if sn, err = s.snapshotter(); err == nil {
+					pid, err = sn.Restore(ctx, spec, s.d.Layout.Snapshot(from.snap.ID), from.meta)
+				}
+			} else {
+				pid, err = s.d.Driver.Start(ctx, spec)
+			}
 			// The VMM holds its own copy now (or never will).
 			spec.TapFile = nil
 			tapf.Close()
@@ -96,6 +111,12 @@ func (s *Service) start(ctx context.Context, v *store.VM, bootTimeout time.Durat
 				}
 			}
 			v.State = StateRunning
+			if from != nil {
+				// Not running until it is re-identified: a daemon that dies
+				// in between leaves a row reconcile tears down, never a
+				// guest answering with its parent's identity.
+				v.State = StateCreating
+			}
 			v.LastError = ""
 			if err := s.writeHandles(*v, h); err != nil {
 				return err
@@ -139,6 +160,20 @@ func (s *Service) start(ctx context.Context, v *store.VM, bootTimeout time.Durat
 			}
 			return err
 		}},
+	}
+	if from != nil {
+		// Right after the restore, before anything waits on the guest's
+		// network: it still has its parent's address and name.
+		reid := step{name: "reidentify", do: func(ctx context.Context) error {
+			rctx, cancel := context.WithTimeout(ctx, bootTimeout)
+			defer cancel()
+			if err := s.reidentify(rctx, *v); err != nil {
+				return fmt.Errorf("restored guest: %w", err)
+			}
+			v.State = StateRunning
+			return s.d.Store.UpdateVM(ctx, v)
+		}}
+		steps = append(steps[:len(steps)-1], reid, steps[len(steps)-1])
 	}
 	err = runSteps(ctx, s.d.Log, s.hookSteps(steps), progress.stage)
 	if err != nil {
@@ -228,6 +263,14 @@ func (s *Service) stop(ctx context.Context, name string, force bool, idle time.D
 	s.mu.Lock()
 	s.stopped[v.ID] = true
 	s.mu.Unlock()
+	if !force && s.paused(ctx, v) {
+		// A paused guest cannot sync or power off: let it run first.
+		if sn, err := s.snapshotter(); err == nil {
+			if spec, err := s.spec(v); err == nil {
+				_ = sn.Resume(ctx, spec)
+			}
+		}
+	}
 	if !force {
 		// Shutdown reaches the guest within ~2 s or fails; once reached,
 		// sync gets the time it needs, since it is what makes written
@@ -281,7 +324,11 @@ func (s *Service) teardown(ctx context.Context, v *store.VM, state, lastErr stri
 	}
 	s.setHandle(v.ID, nil)
 	s.removeHandles(*v)
+	s.removeMem(*v)
 	if err := s.removeLimits(*v); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.d.Store.SetPaused(uctx, v.ID, false); err != nil && !errors.Is(err, api.ErrNotFound) {
 		errs = append(errs, err)
 	}
 	v.State = state
@@ -341,9 +388,11 @@ func (s *Service) Delete(ctx context.Context, name string, force bool) error {
 	if len(errs) > 0 {
 		return fmt.Errorf("delete vm %q: %w", v.Name, errors.Join(errs...))
 	}
+	origin, _ := s.d.Store.SnapshotState(ctx, v.ID)
 	if err := s.d.Store.DeleteVM(ctx, v.ID); err != nil {
 		return fmt.Errorf("delete vm %q: %w", v.Name, err)
 	}
+	s.releaseAutoSnapshot(ctx, origin.OriginSnapshot)
 	s.mu.Lock()
 	delete(s.locks, v.ID)
 	delete(s.stopped, v.ID)

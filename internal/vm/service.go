@@ -139,6 +139,9 @@ type Deps struct {
 	AfterStep func(step string)
 	// Now is the clock of the idle check (nil: time.Now).
 	Now func() time.Time
+	// DiskClone is how root disks are made (rootdisk.go): DiskCloneAuto
+	// ("" too) or DiskCloneCopy (bangerd --disk-clone copy).
+	DiskClone string
 }
 
 // Service is the VM lifecycle service.
@@ -150,6 +153,7 @@ type Service struct {
 	handles map[string]*Handles    // what is true now, by id
 	stopped map[string]bool        // VMs we are stopping on purpose (monitor must not flag them)
 	poolMu  sync.Mutex             // serialises TAP pool acquire/release (see tappool.go)
+	snapMu  sync.Mutex             // snapshot removal against its last user (snapshot.go)
 
 	act activities // per-VM use, for idle auto-stop (idle.go)
 	// idleFloor is the shortest idle check interval and the checker's tick
@@ -222,6 +226,15 @@ func (s *Service) View(v store.VM) api.VM {
 	pol := s.netPolicy(context.Background(), v)
 	out.NAT, out.NATPrivate, out.HostAccess = pol.NAT, pol.NATPrivate, pol.HostAccess
 	out.Idle = s.idleView(context.Background(), v)
+	if st, err := s.d.Store.SnapshotState(context.Background(), v.ID); err == nil {
+		out.Snapshot = st.OriginSnapshot
+		if sn, err := s.d.Store.GetSnapshot(context.Background(), st.OriginSnapshot); err == nil {
+			out.Snapshot = sn.Name
+		}
+		if st.Paused && v.State == StateRunning {
+			out.State = api.StatePaused
+		}
+	}
 	if h := s.handle(v.ID); h != nil {
 		out.PID = h.PID
 		if h.PID > 0 {
@@ -257,8 +270,22 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 	if err := ValidName(p.Name); err != nil {
 		return store.VM{}, err
 	}
-	if p.Image == "" {
-		p.Image = DefaultImage
+	if p.NATPrivate && !p.NAT {
+		return store.VM{}, fmt.Errorf("--nat-private needs --nat: %w", api.ErrInvalid)
+	}
+	if err := validIdleTimeout(p.IdleTimeout); err != nil {
+		return store.VM{}, err
+	}
+	if p.From != "" {
+		sn, err := s.d.Store.GetSnapshot(ctx, p.From)
+		if err != nil {
+			return store.VM{}, err
+		}
+		return s.createFrom(ctx, p, sn, progress)
+	}
+	if sn, ok := s.warmFor(ctx, p); ok {
+		progress.stage("warm:" + sn.Name)
+		return s.createFrom(ctx, p, sn, progress)
 	}
 	if p.VCPU == 0 {
 		p.VCPU = DefaultVCPU
@@ -269,14 +296,11 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 	if p.VCPU < 1 || p.VCPU > 32 {
 		return store.VM{}, fmt.Errorf("vcpu %d: must be 1-32: %w", p.VCPU, api.ErrInvalid)
 	}
-	if p.NATPrivate && !p.NAT {
-		return store.VM{}, fmt.Errorf("--nat-private needs --nat: %w", api.ErrInvalid)
-	}
-	if err := validIdleTimeout(p.IdleTimeout); err != nil {
-		return store.VM{}, err
-	}
 	if p.MemoryMiB < 128 || p.MemoryMiB > 64<<10 {
 		return store.VM{}, fmt.Errorf("memory %d MiB: must be 128-65536: %w", p.MemoryMiB, api.ErrInvalid)
+	}
+	if p.Image == "" {
+		p.Image = DefaultImage
 	}
 	var rootSize, workSize int64 = 0, DefaultWorkDisk
 	var err error
@@ -309,34 +333,14 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 		return store.VM{}, fmt.Errorf("disk %d bytes is smaller than image %q (%d bytes): %w", rootSize, img.Name, img.SizeBytes, api.ErrInvalid)
 	}
 
-	id := newID()
-	// Rows from before names were kept apart from ids may use one as a name.
-	for range 8 {
-		if _, err := s.d.Store.GetVM(ctx, id); !errors.Is(err, api.ErrNotFound) {
-			id = newID()
-		}
-	}
 	v := store.VM{
-		ID: id, Name: p.Name, Image: img.Name, Kernel: kern.Name, VCPU: p.VCPU, MemoryMiB: p.MemoryMiB,
-		DiskBytes: max(rootSize, img.SizeBytes), WorkDiskBytes: workSize, State: StateCreating,
-		Dir: s.d.Layout.VM(id), // Tap: acquired from the pool at each start
+		Name: p.Name, Image: img.Name, Kernel: kern.Name, VCPU: p.VCPU, MemoryMiB: p.MemoryMiB,
+		DiskBytes: max(rootSize, img.SizeBytes), WorkDiskBytes: workSize,
 	}
-	// The IP is allocated and the row inserted under the service lock so two
-	// concurrent creates never get the same address.
-	s.mu.Lock()
-	ip, err := s.allocIP(ctx)
-	if err == nil && s.afterAllocIP != nil {
-		s.afterAllocIP()
-	}
-	if err == nil {
-		v.GuestIP = ip.String()
-		v.MAC = hostnet.MACForIP(ip).String()
-		err = s.d.Store.CreateVM(ctx, &v)
-	}
-	s.mu.Unlock()
-	if err != nil {
+	if err := s.insertVM(ctx, &v); err != nil {
 		return store.VM{}, fmt.Errorf("vm %q: %w", p.Name, err)
 	}
+	id := v.ID
 	unlock := s.lock(id)
 	defer unlock()
 
@@ -345,17 +349,7 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 			undo: func(ctx context.Context) error { return os.RemoveAll(v.Dir) }},
 		{name: "identity", do: func(ctx context.Context) error { return s.makeIdentity(v) },
 			undo: func(ctx context.Context) error { return s.d.KnownHosts.Remove(v.GuestIP, v.Name+"."+hostnet.DNSZone) }},
-		{name: "root_disk", do: func(ctx context.Context) error {
-			m, err := disk.Clone(ctx, img.Path, s.rootPath(v))
-			if err != nil {
-				return err
-			}
-			v.CloneMethod = string(m)
-			if v.DiskBytes > img.SizeBytes {
-				return disk.Grow(ctx, s.d.Runner, s.rootPath(v), v.DiskBytes)
-			}
-			return nil
-		}},
+		{name: "root_disk", do: func(ctx context.Context) error { return s.makeRootDisk(ctx, &v, img) }},
 		{name: "work_disk", do: func(ctx context.Context) error {
 			return disk.CreateExt4(ctx, s.d.Runner, s.workPath(v), v.WorkDiskBytes, workLabel, "")
 		}},
@@ -364,27 +358,11 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 			if err := s.d.Store.UpdateVM(ctx, &v); err != nil {
 				return err
 			}
-			if pol := (store.NetPolicy{NAT: p.NAT, NATPrivate: p.NATPrivate, HostAccess: p.HostAccess}); pol != (store.NetPolicy{}) {
-				if err := s.d.Store.SetNetPolicy(ctx, v.ID, pol); err != nil {
-					return err
-				}
-			}
-			if p.IdleTimeout > 0 {
-				return s.d.Store.SetIdleTimeout(ctx, v.ID, time.Duration(p.IdleTimeout)*time.Second)
-			}
-			return nil
+			return s.recordOptions(ctx, v, p)
 		}},
 	}
-	undoRow := func(err error) error {
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
-		defer cancel()
-		if derr := s.d.Store.DeleteVM(uctx, id); derr != nil {
-			return errors.Join(err, fmt.Errorf("undo record: %w", derr))
-		}
-		return err
-	}
 	if err := runSteps(ctx, s.d.Log, s.hookSteps(steps), progress.stage); err != nil {
-		return store.VM{}, undoRow(fmt.Errorf("create vm %q: %w", p.Name, err))
+		return store.VM{}, s.undoRow(ctx, id, fmt.Errorf("create vm %q: %w", p.Name, err))
 	}
 	if p.NoStart {
 		return v, nil
@@ -394,9 +372,71 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 		timeout = time.Duration(p.BootTimeout) * time.Second
 	}
 	if err := s.start(ctx, &v, timeout, progress); err != nil {
+		if ctx.Err() != nil && rolledBack(err) {
+			// Interrupted (the daemon is shutting down: the work runs detached
+			// from the client) and the start undone: nothing half-created is
+			// kept, so the same create can simply be run again.
+			err = errors.Join(err, errors.Join(undoSteps(ctx, s.d.Log, steps)...))
+			return store.VM{}, s.undoRow(ctx, id, fmt.Errorf("create vm %q: rolled back: %w", p.Name, err))
+		}
 		return v, fmt.Errorf("create vm %q: %w", p.Name, err)
 	}
 	return v, nil
+}
+
+// insertVM allocates v's id, directory, IP and MAC and inserts its row
+// (creating). The IP is allocated and the row inserted under the service
+// lock so two concurrent creates never get the same address.
+func (s *Service) insertVM(ctx context.Context, v *store.VM) error {
+	id := newID()
+	// Rows from before names were kept apart from ids may use one as a name.
+	for range 8 {
+		if _, err := s.d.Store.GetVM(ctx, id); !errors.Is(err, api.ErrNotFound) {
+			id = newID()
+		}
+	}
+	v.ID, v.State, v.Dir = id, StateCreating, s.d.Layout.VM(id) // Tap: acquired from the pool at each start
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ip, err := s.allocIP(ctx)
+	if err != nil {
+		return err
+	}
+	if s.afterAllocIP != nil {
+		s.afterAllocIP()
+	}
+	v.GuestIP = ip.String()
+	v.MAC = hostnet.MACForIP(ip).String()
+	return s.d.Store.CreateVM(ctx, v)
+}
+
+// undoRow deletes the row of a create that failed, joining its own error.
+func (s *Service) undoRow(ctx context.Context, id string, err error) error {
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+	defer cancel()
+	if derr := s.d.Store.DeleteVM(uctx, id); derr != nil {
+		return errors.Join(err, fmt.Errorf("undo record: %w", derr))
+	}
+	return err
+}
+
+// recordOptions stores the create options that live outside the VM row.
+func (s *Service) recordOptions(ctx context.Context, v store.VM, p api.CreateVMParams) error {
+	if pol := (store.NetPolicy{NAT: p.NAT, NATPrivate: p.NATPrivate, HostAccess: p.HostAccess}); pol != (store.NetPolicy{}) {
+		if err := s.d.Store.SetNetPolicy(ctx, v.ID, pol); err != nil {
+			return err
+		}
+	}
+	if p.IdleTimeout > 0 {
+		return s.d.Store.SetIdleTimeout(ctx, v.ID, time.Duration(p.IdleTimeout)*time.Second)
+	}
+	return nil
+}
+
+// machineID is the VM's /etc/machine-id, derived from its id.
+func machineID(id string) string {
+	mid := sha256.Sum256([]byte("banger-machine-id:" + id))
+	return hex.EncodeToString(mid[:16])
 }
 
 func (s *Service) pickKernel(ctx context.Context, name string) (store.Kernel, error) {
@@ -465,11 +505,10 @@ func (s *Service) writeSeed(v store.VM) error {
 	if err != nil {
 		return fmt.Errorf("read host key: %w", err)
 	}
-	mid := sha256.Sum256([]byte("banger-machine-id:" + v.ID))
 	files := []disk.SeedFile{
 		{Path: "etc/hostname", Mode: 0o644, Data: []byte(v.Name + "\n")},
 		{Path: "etc/hosts", Mode: 0o644, Data: []byte(fmt.Sprintf("127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n", v.Name))},
-		{Path: "etc/machine-id", Mode: 0o444, Data: []byte(hex.EncodeToString(mid[:16]) + "\n")},
+		{Path: "etc/machine-id", Mode: 0o444, Data: []byte(machineID(v.ID) + "\n")},
 		{Path: "etc/ssh/ssh_host_ed25519_key", Mode: 0o600, Data: priv},
 		{Path: "etc/ssh/ssh_host_ed25519_key.pub", Mode: 0o644, Data: pub},
 		{Path: "etc/ssh/authorized_keys.d/root", Mode: 0o644, Data: guest.AuthorizedKey(s.d.ClientKey)},
@@ -495,7 +534,8 @@ func (s *Service) spec(v store.VM) (vmm.Spec, error) {
 	return vmm.Spec{
 		ID: v.ID, Dir: v.Dir, VCPU: v.VCPU, MemoryMiB: v.MemoryMiB,
 		Kernel: k.Path, Initrd: k.Initrd, Cmdline: cmdline,
-		Disks: []vmm.Disk{{Path: s.rootPath(v)}, {Path: s.workPath(v)}, {Path: s.seedPath(v), ReadOnly: true}},
+		Disks: []vmm.Disk{{Path: s.rootPath(v), Format: v.RootFormat}, {Path: s.workPath(v), Format: s.workFormat(v)},
+			{Path: s.seedPath(v), ReadOnly: true}},
 		Tap:   v.Tap, MAC: v.MAC, UID: s.d.UID, GID: s.d.GID,
 	}, nil
 }

@@ -40,20 +40,42 @@ func runSteps(ctx context.Context, log *slog.Logger, steps []step, progress func
 		}
 		log.WarnContext(ctx, "step failed, rolling back", "step", st.name, "err", err)
 		errs := []error{fmt.Errorf("%s: %w", st.name, err)}
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
-		for j := i; j >= 0; j-- {
-			if steps[j].undo == nil {
-				continue
-			}
-			if uerr := steps[j].undo(uctx); uerr != nil {
-				log.ErrorContext(ctx, "undo failed", "step", steps[j].name, "err", uerr)
-				errs = append(errs, fmt.Errorf("undo %s: %w", steps[j].name, uerr))
-			}
-		}
-		cancel()
-		return errors.Join(errs...)
+		return errors.Join(append(errs, undoSteps(ctx, log, steps[:i+1])...)...)
 	}
 	return nil
+}
+
+// undoSteps runs the undos of steps in reverse order on an uncancelled
+// context with a timeout, and returns their failures.
+func undoSteps(ctx context.Context, log *slog.Logger, steps []step) []error {
+	var errs []error
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+	defer cancel()
+	for j := len(steps) - 1; j >= 0; j-- {
+		if steps[j].undo == nil {
+			continue
+		}
+		if uerr := steps[j].undo(uctx); uerr != nil {
+			log.ErrorContext(ctx, "undo failed", "step", steps[j].name, "err", uerr)
+			errs = append(errs, &undoError{step: steps[j].name, err: uerr})
+		}
+	}
+	return errs
+}
+
+// undoError is a failed undo: what it should have released may be left.
+type undoError struct {
+	step string
+	err  error
+}
+
+func (e *undoError) Error() string { return fmt.Sprintf("undo %s: %v", e.step, e.err) }
+func (e *undoError) Unwrap() error { return e.err }
+
+// rolledBack reports whether a pipeline's error says every undo succeeded.
+func rolledBack(err error) bool {
+	var ue *undoError
+	return !errors.As(err, &ue)
 }
 
 // stepVMMStarted is the point inside vmm_launch that Deps.AfterStep also

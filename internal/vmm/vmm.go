@@ -82,3 +82,53 @@ const (
 	AgentSerialName = "banger.agent"
 	AgentVsockPort  = 1024
 )
+
+// Snapshots. A driver that can pause a VM and save and restore it
+// implements Snapshotter; the VM service checks for it with a type
+// assertion and refuses the operation otherwise.
+type Snapshotter interface {
+	// Pause stops the vCPUs of the running VMM of s; memory and devices
+	// stay. Resume continues it. Both are idempotent.
+	Pause(ctx context.Context, s Spec) error
+	Resume(ctx context.Context, s Spec) error
+	// Paused reports whether the VMM of s is paused.
+	Paused(ctx context.Context, s Spec) (bool, error)
+	// Snapshot saves the device state and memory of the VMM of s, which the
+	// caller has paused, into dir (existing, empty, the driver's to fill)
+	// and leaves it paused: the caller captures the disks, then resumes.
+	// Disks are not the driver's business.
+	Snapshot(ctx context.Context, s Spec, dir string) (SnapshotMeta, error)
+	// Restore launches a VMM for s (a fresh VM dir, its own disks, TAP
+	// and MAC; the same VCPU, MemoryMiB and device list as the snapshot)
+	// from the snapshot in dir and returns once the guest runs. It refuses,
+	// before launching anything, a snapshot made by another VMM, VMM
+	// version or CPU model, or with missing files. On error nothing of the
+	// new VMM is left running.
+	Restore(ctx context.Context, s Spec, dir string, meta SnapshotMeta) (pid int, err error)
+}
+
+// SnapshotMeta describes what a driver saved; it is stored with the
+// snapshot and handed back to Restore.
+type SnapshotMeta struct {
+	VMM        string `json:"vmm"`         // driver name
+	VMMVersion string `json:"vmm_version"` // e.g. "7.2.19"
+	CPU        string `json:"cpu"`         // accelerator and CPU model, e.g. "tcg/max"
+	VCPU       int    `json:"vcpu"`
+	MemoryMiB  int    `json:"memory_mib"`
+	// RAM says where guest memory is: "file" (a memory file in dir that
+	// restores map privately, copy-on-write) or "stream" (inside the
+	// device-state file).
+	RAM string `json:"ram"`
+	// Files are the names (in dir) the snapshot consists of.
+	Files []string `json:"files"`
+}
+
+// Snapshot RAM kinds.
+const (
+	SnapshotRAMFile   = "file"
+	SnapshotRAMStream = "stream"
+)
+
+// ErrSnapshotMismatch is a snapshot that this VMM cannot restore (another
+// VMM, version or CPU model).
+var ErrSnapshotMismatch = errors.New("snapshot does not match this vmm")

@@ -205,6 +205,7 @@ type vmView struct {
 	Tap             string
 	PID             int
 	Dir             string
+	CloneMethod     string `json:"clone_method"`
 }
 
 func showVM(t *testing.T, name string) vmView {

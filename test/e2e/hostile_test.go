@@ -63,8 +63,8 @@ func TestHostileGuest(t *testing.T) {
 	hostile := buildHostile(t)
 
 	// A fresh daemon, so its VmHWM measures this scenario only.
-	// `daemon stop` returns before the old daemon is gone (and it still
-	// answers meanwhile): wait for its pid to exit.
+	// `daemon stop` returns once the old daemon has exited; its pid is
+	// checked anyway.
 	if b, err := os.ReadFile(filepath.Join(E.stateDir, "bangerd.pid")); err == nil {
 		_, _ = E.banger("daemon", "stop")
 		if old, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
 
 	"github.com/banger-dev/banger/internal/guest"
 )
@@ -21,6 +22,14 @@ import (
 // TestLifecycle: create, ssh, data survives stop/start, restart, delete leaves nothing.
 func TestLifecycle(t *testing.T) {
 	deleteOnCleanup(t, "dev")
+	// The root disk is copy-on-write over the image's file (a qcow2 overlay
+	// on ext4, a reflink where the file system shares extents): the guest's
+	// writes must never reach that file.
+	imgFile := filepath.Join(E.stateDir, "images", "default", "rootfs.ext4")
+	var imgBefore unix.Stat_t
+	if err := unix.Stat(imgFile, &imgBefore); err != nil {
+		t.Fatal(err)
+	}
 	t0 := time.Now()
 	r := E.bangerRes("vm", "create", "--name", "dev")
 	if r.code != 0 {
@@ -35,6 +44,13 @@ func TestLifecycle(t *testing.T) {
 	v := showVM(t, "dev")
 	if v.State != "running" || v.PID == 0 {
 		t.Fatalf("after create: %+v", v)
+	}
+	if v.CloneMethod != "qcow2-overlay" && v.CloneMethod != "reflink" {
+		t.Errorf("root disk made by %q, want qcow2-overlay (or reflink)", v.CloneMethod)
+	}
+	// The image it reads through cannot go or be rebuilt meanwhile.
+	if r := E.bangerRes("image", "rm", "default"); r.code == 0 || !strings.Contains(r.stderr, `"dev"`) {
+		t.Fatalf("image rm under a vm: exit %d %s", r.code, r.stderr)
 	}
 	out := must(t, "vm", "ssh", "dev", "--", "hostname; cat /proc/cmdline; mount | grep -c ' /root '")
 	if !strings.HasPrefix(out, "dev\n") {
@@ -69,6 +85,13 @@ func TestLifecycle(t *testing.T) {
 	r = E.bangerRes("vm", "ssh", "dev", "--", "true")
 	if r.code == 0 || !strings.Contains(r.stderr, "not_running") {
 		t.Fatalf("ssh to a stopped vm should fail with not_running: %d %s", r.code, r.stderr)
+	}
+	var imgAfter unix.Stat_t
+	if err := unix.Stat(imgFile, &imgAfter); err != nil {
+		t.Fatal(err)
+	}
+	if imgAfter.Mtim != imgBefore.Mtim || imgAfter.Ctim != imgBefore.Ctim || imgAfter.Size != imgBefore.Size {
+		t.Errorf("the image's file changed under a vm: mtime %v → %v, ctime %v → %v", imgBefore.Mtim, imgAfter.Mtim, imgBefore.Ctim, imgAfter.Ctim)
 	}
 	must(t, "vm", "start", "dev")
 	out = must(t, "vm", "ssh", "dev", "--", "cat /etc/banger-marker /root/marker")

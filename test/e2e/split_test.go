@@ -433,6 +433,10 @@ func TestSplitMode(t *testing.T) {
 	if v.State != "running" || v.PID == 0 {
 		t.Fatalf("after create: %+v", v)
 	}
+	// The VMM runs as the user and reads the image through the overlay.
+	if v.CloneMethod != "qcow2-overlay" && v.CloneMethod != "reflink" {
+		t.Errorf("root disk made by %q, want qcow2-overlay (or reflink)", v.CloneMethod)
+	}
 	if out := s.must(t, "vm", "ssh", "sp1", "--", "hostname"); out != "sp1\n" {
 		t.Errorf("hostname = %q", out)
 	}

@@ -92,6 +92,86 @@ type InstanceInfo struct {
 	VMMVersion string `json:"vmm_version"`
 }
 
+// InstanceInfo.State values.
+const (
+	StateNotStarted = "Not started"
+	StateRunning    = "Running"
+	StatePaused     = "Paused"
+)
+
+// VM is the body of PATCH /vm: the desired state, VMPaused or VMResumed.
+type VM struct {
+	State string `json:"state"`
+}
+
+// VM states of PATCH /vm.
+const (
+	VMPaused  = "Paused"
+	VMResumed = "Resumed"
+)
+
+// SnapshotFull is SnapshotCreateParams.SnapshotType for a full snapshot (the
+// whole guest memory; a diff snapshot is not restorable on its own).
+const SnapshotFull = "Full"
+
+// SnapshotCreateParams is the body of PUT /snapshot/create.
+type SnapshotCreateParams struct {
+	SnapshotType string `json:"snapshot_type,omitempty"`
+	SnapshotPath string `json:"snapshot_path"`
+	MemFilePath  string `json:"mem_file_path"`
+}
+
+// MemBackendFile is MemoryBackend.BackendType for a memory file that
+// Firecracker maps MAP_PRIVATE (copy-on-write; the file is never written).
+const MemBackendFile = "File"
+
+// MemoryBackend says where PUT /snapshot/load finds the guest memory.
+type MemoryBackend struct {
+	BackendType string `json:"backend_type"`
+	BackendPath string `json:"backend_path"`
+}
+
+// NetworkOverride points a restored interface at another TAP.
+type NetworkOverride struct {
+	IfaceID     string `json:"iface_id"`
+	HostDevName string `json:"host_dev_name"`
+}
+
+// VsockOverride moves a restored vsock device's unix socket.
+type VsockOverride struct {
+	UDSPath string `json:"uds_path"`
+}
+
+// SnapshotLoadParams is the body of PUT /snapshot/load. ResumeVM is always
+// sent: false leaves the loaded VM paused for PATCH /drives.
+type SnapshotLoadParams struct {
+	SnapshotPath     string            `json:"snapshot_path"`
+	MemBackend       *MemoryBackend    `json:"mem_backend,omitempty"`
+	ResumeVM         bool              `json:"resume_vm"`
+	NetworkOverrides []NetworkOverride `json:"network_overrides,omitempty"`
+	VsockOverride    *VsockOverride    `json:"vsock_override,omitempty"`
+}
+
+// PartialDrive is the body of PATCH /drives/{drive_id}.
+type PartialDrive struct {
+	DriveID    string `json:"drive_id"`
+	PathOnHost string `json:"path_on_host,omitempty"`
+}
+
+// FullVMConfig is the part of GET /vm/config (FullVmConfiguration) the
+// driver reads: the devices of a running or restored VM.
+type FullVMConfig struct {
+	MachineConfig     *MachineConfiguration `json:"machine-config,omitempty"`
+	Drives            []Drive               `json:"drives"`
+	NetworkInterfaces []NetworkInterface    `json:"network-interfaces"`
+	Vsock             *Vsock                `json:"vsock,omitempty"`
+}
+
+// firecrackerVersion is the answer to GET /version.
+type firecrackerVersion struct {
+	FirecrackerVersion string `json:"firecracker_version"`
+}
+
 // apiError is Firecracker's Error definition.
 type apiError struct {
 	FaultMessage string `json:"fault_message"`
@@ -101,9 +181,12 @@ type apiError struct {
 // the method, path, status and fault_message.
 var ErrAPI = errors.New("firecracker api error")
 
-// Bounds on a single API exchange.
+// Bounds on a single API exchange. Writing the memory of a large VM takes
+// far longer than an ordinary request; a load only maps it.
 const (
 	requestTimeout = 5 * time.Second
+	createTimeout  = 10 * time.Minute
+	loadTimeout    = time.Minute
 	maxResponse    = 64 << 10
 )
 
@@ -111,6 +194,8 @@ const (
 type Client struct {
 	sock string
 	http *http.Client
+	// Per-request bounds: requestTimeout, createTimeout, loadTimeout.
+	timeout, createTimeout, loadTimeout time.Duration
 }
 
 // NewClient returns a client for the API socket at sock.
@@ -122,7 +207,8 @@ func NewClient(sock string) *Client {
 		},
 		DisableKeepAlives: true,
 	}
-	return &Client{sock: sock, http: &http.Client{Transport: tr, Timeout: requestTimeout}}
+	return &Client{sock: sock, http: &http.Client{Transport: tr},
+		timeout: requestTimeout, createTimeout: createTimeout, loadTimeout: loadTimeout}
 }
 
 // Close releases idle connections.
@@ -164,9 +250,54 @@ func (c *Client) InstanceInfo(ctx context.Context) (InstanceInfo, error) {
 	return info, err
 }
 
-// do sends one request. body is marshalled as JSON when non-nil; out, when
-// non-nil, receives a 200 answer. A 204 answer with out == nil is success.
+// PatchVM sets the VM state (VMPaused, VMResumed); repeating a state is a
+// no-op for Firecracker.
+func (c *Client) PatchVM(ctx context.Context, state string) error {
+	return c.do(ctx, http.MethodPatch, "/vm", VM{State: state}, nil)
+}
+
+// CreateSnapshot writes the state and memory files of a paused VM.
+func (c *Client) CreateSnapshot(ctx context.Context, p SnapshotCreateParams) error {
+	return c.doWithin(ctx, c.createTimeout, http.MethodPut, "/snapshot/create", p, nil)
+}
+
+// LoadSnapshot loads a snapshot into a fresh process; it must be the first
+// configuration request.
+func (c *Client) LoadSnapshot(ctx context.Context, p SnapshotLoadParams) error {
+	return c.doWithin(ctx, c.loadTimeout, http.MethodPut, "/snapshot/load", p, nil)
+}
+
+// PatchDrive updates a drive of a booted (or loaded) VM.
+func (c *Client) PatchDrive(ctx context.Context, d PartialDrive) error {
+	return c.do(ctx, http.MethodPatch, "/drives/"+url.PathEscape(d.DriveID), d, nil)
+}
+
+// VMConfig returns GET /vm/config.
+func (c *Client) VMConfig(ctx context.Context) (FullVMConfig, error) {
+	var cfg FullVMConfig
+	err := c.do(ctx, http.MethodGet, "/vm/config", nil, &cfg)
+	return cfg, err
+}
+
+// Version returns GET /version's firecracker_version (e.g. "1.16.1").
+func (c *Client) Version(ctx context.Context) (string, error) {
+	var v firecrackerVersion
+	if err := c.do(ctx, http.MethodGet, "/version", nil, &v); err != nil {
+		return "", err
+	}
+	return v.FirecrackerVersion, nil
+}
+
+// do sends one request within requestTimeout. body is marshalled as JSON
+// when non-nil; out, when non-nil, receives a 200 answer. A 204 answer with
+// out == nil is success.
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	return c.doWithin(ctx, c.timeout, method, path, body, out)
+}
+
+func (c *Client) doWithin(ctx context.Context, timeout time.Duration, method, path string, body, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -18,8 +19,10 @@ import (
 
 // fakeAPI is a state-keeping stand-in for Firecracker's API server. It keeps
 // the configuration the way Firecracker does (pre-boot PUTs, InstanceStart
-// checks), records every request for the contract test, and renders its
-// state as text for comparison.
+// checks, pause state, snapshot files it wrote, the snapshot it loaded),
+// records every request for the contract test, and renders its state as
+// text for comparison. The rules it enforces are the v1.16.1 spec's and
+// docs/snapshotting/snapshot-support.md's, quoted where they apply.
 type fakeAPI struct {
 	mu       sync.Mutex
 	requests []recorded
@@ -29,8 +32,21 @@ type fakeAPI struct {
 	nics     map[string]map[string]any
 	vsock    map[string]any
 	serial   map[string]any
-	running  bool
+	// configured: a resource other than the logger and metrics was set, so
+	// "Loads a snapshot. Pre-boot only ... Only accepted on a fresh
+	// Firecracker process" no longer holds.
+	configured bool
+	booted     bool // InstanceStart or a snapshot load succeeded
+	paused     bool
+	loaded     map[string]any // the PUT /snapshot/load body that restored this VM
+	created    []string       // snapshot files written, "state mem" per create
+	listeners  []net.Listener // the vsock socket, bound when the device goes live
+	// dead is the fault of a failed snapshot load: "on failure: A specific
+	// error is reported and then the current Firecracker process is ended".
+	// The process fake exits (onFatal); the in-process one refuses all else.
+	dead     string
 	onChange func(*fakeAPI) // called with mu held after every request
+	onFatal  func()         // called after the fatal answer is sent
 }
 
 type recorded struct {
@@ -39,18 +55,44 @@ type recorded struct {
 	Body   json.RawMessage `json:"body,omitempty"`
 }
 
+const fakeVersion = "1.16.1"
+
 func newFakeAPI() *fakeAPI {
 	return &fakeAPI{drives: map[string]map[string]any{}, nics: map[string]map[string]any{}}
 }
 
+// fault answers like Firecracker's API server; the Content-Length lets a
+// process that exits right after still deliver the whole answer.
 func (f *fakeAPI) fault(w http.ResponseWriter, code int, msg string) {
+	b, _ := json.Marshal(map[string]string{"fault_message": msg})
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(map[string]string{"fault_message": msg})
+	_, _ = w.Write(b)
 }
+
+func (f *fakeAPI) answer(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+const (
+	msgPostBoot = "The requested operation is not supported after starting the microVM."
+	msgPreBoot  = "The requested operation is not supported before starting the microVM."
+)
 
 func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	fatal := f.serve(w, r, body)
+	if fatal && f.onFatal != nil {
+		if fl, ok := w.(http.Flusher); ok {
+			fl.Flush()
+		}
+		f.onFatal()
+	}
+}
+
+func (f *fakeAPI) serve(w http.ResponseWriter, r *http.Request, body []byte) (fatal bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	rec := recorded{Method: r.Method, Path: r.URL.Path}
@@ -61,60 +103,82 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if f.onChange != nil {
 		defer f.onChange(f)
 	}
-
-	if r.Method == http.MethodGet && r.URL.Path == "/" {
-		state := "Not started"
-		if f.running {
-			state = "Running"
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(map[string]string{
-			"app_name": "Firecracker", "id": "anonymous-instance", "state": state, "vmm_version": "1.16.1",
-		})
-		return
+	if f.dead != "" {
+		f.fault(w, http.StatusBadRequest, "firecracker ended after: "+f.dead)
+		return false
 	}
-	if r.Method != http.MethodPut {
-		f.fault(w, http.StatusBadRequest, "Invalid request method and/or path: "+r.Method+" "+r.URL.Path)
-		return
+
+	p := r.URL.Path
+	if r.Method == http.MethodGet {
+		switch p {
+		case "/":
+			f.answer(w, map[string]string{
+				"app_name": "Firecracker", "id": "anonymous-instance", "state": f.state(), "vmm_version": fakeVersion,
+			})
+		case "/version":
+			f.answer(w, map[string]string{"firecracker_version": fakeVersion})
+		case "/vm/config":
+			f.answer(w, f.fullConfig())
+		default:
+			f.fault(w, http.StatusBadRequest, "Invalid request method and/or path: "+r.Method+" "+p)
+		}
+		return false
 	}
 	var m map[string]any
-	if err := json.Unmarshal(body, &m); err != nil {
-		f.fault(w, http.StatusBadRequest, "An error occurred when deserializing the json body of a request: "+err.Error())
-		return
+	if r.Method == http.MethodPut || r.Method == http.MethodPatch {
+		if err := json.Unmarshal(body, &m); err != nil {
+			f.fault(w, http.StatusBadRequest, "An error occurred when deserializing the json body of a request: "+err.Error())
+			return false
+		}
 	}
-	if r.URL.Path == "/actions" {
+	switch {
+	case r.Method == http.MethodPatch && p == "/vm":
+		f.patchVM(w, m)
+		return false
+	case r.Method == http.MethodPatch && strings.HasPrefix(p, "/drives/"):
+		f.patchDrive(w, strings.TrimPrefix(p, "/drives/"), m)
+		return false
+	case r.Method != http.MethodPut:
+		f.fault(w, http.StatusBadRequest, "Invalid request method and/or path: "+r.Method+" "+p)
+		return false
+	case p == "/actions":
 		f.action(w, m)
-		return
+		return false
+	case p == "/snapshot/create":
+		f.createSnapshot(w, m)
+		return false
+	case p == "/snapshot/load":
+		return f.loadSnapshot(w, m)
 	}
-	if f.running {
-		f.fault(w, http.StatusBadRequest, "The requested operation is not supported after starting the microVM.")
-		return
+	if f.booted {
+		f.fault(w, http.StatusBadRequest, msgPostBoot)
+		return false
 	}
-	switch p := r.URL.Path; {
+	switch {
 	case p == "/machine-config":
 		f.machine = m
 	case p == "/boot-source":
 		if !fileExists(m["kernel_image_path"]) {
 			f.fault(w, http.StatusBadRequest, "Invalid kernel path: No such file or directory (os error 2)")
-			return
+			return false
 		}
 		f.boot = m
 	case strings.HasPrefix(p, "/drives/"):
 		id := strings.TrimPrefix(p, "/drives/")
 		if m["drive_id"] != id {
 			f.fault(w, http.StatusBadRequest, "The id from the path does not match the id from the body!")
-			return
+			return false
 		}
 		if !fileExists(m["path_on_host"]) {
 			f.fault(w, http.StatusBadRequest, "Unable to create the block device: No such file or directory (os error 2)")
-			return
+			return false
 		}
 		f.drives[id] = m
 	case strings.HasPrefix(p, "/network-interfaces/"):
 		id := strings.TrimPrefix(p, "/network-interfaces/")
 		if m["iface_id"] != id {
 			f.fault(w, http.StatusBadRequest, "The id from the path does not match the id from the body!")
-			return
+			return false
 		}
 		f.nics[id] = m
 	case p == "/serial":
@@ -123,16 +187,29 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.vsock = m
 	default:
 		f.fault(w, http.StatusBadRequest, "Invalid request method and/or path: "+r.Method+" "+p)
-		return
+		return false
 	}
+	f.configured = true
 	w.WriteHeader(http.StatusNoContent)
+	return false
+}
+
+// state is InstanceInfo.state.
+func (f *fakeAPI) state() string {
+	switch {
+	case !f.booted:
+		return "Not started"
+	case f.paused:
+		return "Paused"
+	}
+	return "Running"
 }
 
 func (f *fakeAPI) action(w http.ResponseWriter, m map[string]any) {
 	switch m["action_type"] {
 	case "InstanceStart":
-		if f.running {
-			f.fault(w, http.StatusBadRequest, "The requested operation is not supported after starting the microVM.")
+		if f.booted {
+			f.fault(w, http.StatusBadRequest, msgPostBoot)
 			return
 		}
 		if f.boot == nil {
@@ -145,10 +222,14 @@ func (f *fakeAPI) action(w http.ResponseWriter, m map[string]any) {
 			f.fault(w, http.StatusBadRequest, "Start microVM error: Cannot load kernel due to invalid memory configuration or invalid kernel image: Kernel Loader: failed to load ELF kernel image")
 			return
 		}
-		f.running = true
+		if err := f.bindVsock(); err != nil {
+			f.fault(w, http.StatusBadRequest, "Start microVM error: "+err.Error())
+			return
+		}
+		f.booted = true
 	case "SendCtrlAltDel":
-		if !f.running {
-			f.fault(w, http.StatusBadRequest, "The requested operation is not supported before starting the microVM.")
+		if !f.booted {
+			f.fault(w, http.StatusBadRequest, msgPreBoot)
 			return
 		}
 	default:
@@ -156,6 +237,258 @@ func (f *fakeAPI) action(w http.ResponseWriter, m map[string]any) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// bindVsock binds the vsock device's unix socket, as Firecracker does when
+// the device goes live: an existing path is EADDRINUSE.
+func (f *fakeAPI) bindVsock() error {
+	if f.vsock == nil {
+		return nil
+	}
+	p, _ := f.vsock["uds_path"].(string)
+	ln, err := net.Listen("unix", p)
+	if err != nil {
+		return fmt.Errorf("vsock: %w", err)
+	}
+	f.listeners = append(f.listeners, ln)
+	return nil
+}
+
+func (f *fakeAPI) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, ln := range f.listeners {
+		ln.Close()
+	}
+}
+
+// PATCH /vm: "Prerequisites: The microVM is booted. Successive calls of this
+// request keep the microVM in the Paused state" (and Resumed likewise).
+func (f *fakeAPI) patchVM(w http.ResponseWriter, m map[string]any) {
+	if !f.booted {
+		f.fault(w, http.StatusBadRequest, msgPreBoot)
+		return
+	}
+	switch m["state"] {
+	case "Paused":
+		f.paused = true
+	case "Resumed":
+		f.paused = false
+	default:
+		f.fault(w, http.StatusBadRequest, fmt.Sprintf("unknown vm state %v", m["state"]))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// PATCH /drives/{id}: "Updates the properties of a drive. Post-boot only."
+// Firecracker reopens path_on_host with the drive's own read-only flag.
+func (f *fakeAPI) patchDrive(w http.ResponseWriter, id string, m map[string]any) {
+	if !f.booted {
+		f.fault(w, http.StatusBadRequest, msgPreBoot)
+		return
+	}
+	if m["drive_id"] != id {
+		f.fault(w, http.StatusBadRequest, "The id from the path does not match the id from the body!")
+		return
+	}
+	d, ok := f.drives[id]
+	if !ok {
+		f.fault(w, http.StatusBadRequest, "Drive config error: Invalid block device ID!")
+		return
+	}
+	if p, ok := m["path_on_host"].(string); ok {
+		ro, _ := d["is_read_only"].(bool)
+		if err := openDisk(p, ro); err != nil {
+			f.fault(w, http.StatusBadRequest, "Drive config error: Unable to patch the block device: "+err.Error())
+			return
+		}
+		d["path_on_host"] = p
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func openDisk(p string, ro bool) error {
+	flag := os.O_RDWR
+	if ro {
+		flag = os.O_RDONLY
+	}
+	fd, err := os.OpenFile(p, flag, 0)
+	if err != nil {
+		return err
+	}
+	return fd.Close()
+}
+
+// fakeVMState is what the fake writes as a snapshot's microVM state file:
+// the devices as configured, so a load can bring them back.
+type fakeVMState struct {
+	Magic   string                    `json:"magic"`
+	Version string                    `json:"version"`
+	Machine map[string]any            `json:"machine"`
+	Drives  map[string]map[string]any `json:"drives"`
+	Nics    map[string]map[string]any `json:"nics"`
+	Vsock   map[string]any            `json:"vsock,omitempty"`
+}
+
+const fakeStateMagic = "fake-firecracker-vmstate"
+
+// PUT /snapshot/create: "Post-boot only ... The microVM should be in the
+// Paused state"; a diff snapshot needs dirty page tracking, which banger's
+// VMs never enable. Both files are created or truncated. A memory file path
+// containing "/full-disk/" fails after writing them, like a full disk.
+func (f *fakeAPI) createSnapshot(w http.ResponseWriter, m map[string]any) {
+	if !f.booted {
+		f.fault(w, http.StatusBadRequest, msgPreBoot)
+		return
+	}
+	if !f.paused {
+		f.fault(w, http.StatusBadRequest, "Create snapshot error: Cannot save the microVM state: the microVM is not paused")
+		return
+	}
+	if t, ok := m["snapshot_type"]; ok && t != "Full" {
+		f.fault(w, http.StatusBadRequest, "Create snapshot error: diff snapshots need track_dirty_pages")
+		return
+	}
+	statePath, _ := m["snapshot_path"].(string)
+	memPath, _ := m["mem_file_path"].(string)
+	st, _ := json.Marshal(fakeVMState{Magic: fakeStateMagic, Version: fakeVersion, Machine: f.machine,
+		Drives: f.drives, Nics: f.nics, Vsock: f.vsock})
+	if err := os.WriteFile(statePath, st, 0o600); err != nil {
+		f.fault(w, http.StatusBadRequest, "Create snapshot error: Cannot perform open on the snapshot backing file: "+err.Error())
+		return
+	}
+	mem, err := os.OpenFile(memPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err == nil {
+		err = errors.Join(mem.Truncate(memBytes(f.machine)), mem.Close())
+	}
+	if err != nil {
+		f.fault(w, http.StatusBadRequest, "Create snapshot error: Cannot perform open on the memory backing file: "+err.Error())
+		return
+	}
+	if strings.Contains(memPath, "/full-disk/") {
+		f.fault(w, http.StatusBadRequest, "Create snapshot error: Cannot write memory file: No space left on device (os error 28)")
+		return
+	}
+	f.created = append(f.created, statePath+" "+memPath)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func memBytes(machine map[string]any) int64 {
+	n, _ := machine["mem_size_mib"].(float64)
+	return int64(n) << 20
+}
+
+// PUT /snapshot/load: "Pre-boot only ... Only accepted on a fresh Firecracker
+// process (before configuring any resource other than the Logger and
+// Metrics)"; "Exactly one of the two mem_* fields must be present". The
+// devices come back from the state file and are reopened where it says,
+// after network_overrides and vsock_override ("The disk backing files,
+// network interfaces backing TAPs and/or vsock backing socket that were used
+// for the original microVM's configuration should be set up and accessible
+// to the new Firecracker process"). A failed restore is fatal.
+func (f *fakeAPI) loadSnapshot(w http.ResponseWriter, m map[string]any) (fatal bool) {
+	if f.booted {
+		f.fault(w, http.StatusBadRequest, msgPostBoot)
+		return false
+	}
+	if f.configured {
+		f.fault(w, http.StatusBadRequest, "Load snapshot error: Loading a microVM snapshot not allowed after configuring boot-specific resources.")
+		return false
+	}
+	be, hasBackend := m["mem_backend"].(map[string]any)
+	_, hasFile := m["mem_file_path"]
+	if hasBackend == hasFile {
+		f.fault(w, http.StatusBadRequest, "An error occurred when deserializing the json body of a request: exactly one of mem_backend and mem_file_path")
+		return false
+	}
+	memPath, _ := m["mem_file_path"].(string)
+	if hasBackend {
+		if be["backend_type"] != "File" {
+			f.fault(w, http.StatusBadRequest, "the fake firecracker only serves the File memory backend")
+			return false
+		}
+		memPath, _ = be["backend_path"].(string)
+	}
+	die := func(format string, a ...any) bool {
+		f.dead = "Load snapshot error: Failed to restore from snapshot: " + fmt.Sprintf(format, a...)
+		f.fault(w, http.StatusBadRequest, f.dead)
+		return true
+	}
+	statePath, _ := m["snapshot_path"].(string)
+	b, err := os.ReadFile(statePath)
+	if err != nil {
+		return die("Failed to open snapshot file: %v", err)
+	}
+	var st fakeVMState
+	if json.Unmarshal(b, &st) != nil || st.Magic != fakeStateMagic {
+		return die("Snapshot file is corrupt (CRC mismatch)")
+	}
+	if st.Version != fakeVersion {
+		return die("snapshot version %s, this firecracker is %s", st.Version, fakeVersion)
+	}
+	mi, err := os.Stat(memPath)
+	if err != nil {
+		return die("Cannot open the memory file: %v", err)
+	}
+	if mi.Size() < memBytes(st.Machine) {
+		return die("memory file %d bytes for %d MiB of guest memory", mi.Size(), memBytes(st.Machine)>>20)
+	}
+	overrides, _ := m["network_overrides"].([]any)
+	for _, o := range overrides {
+		o, _ := o.(map[string]any)
+		id, _ := o["iface_id"].(string)
+		nic, ok := st.Nics[id]
+		if !ok {
+			return die("network override for unknown interface %q", id)
+		}
+		nic["host_dev_name"] = o["host_dev_name"]
+	}
+	if vo, ok := m["vsock_override"].(map[string]any); ok {
+		if st.Vsock == nil {
+			return die("vsock override without a vsock device")
+		}
+		st.Vsock["uds_path"] = vo["uds_path"]
+	}
+	for _, id := range sortedKeys(st.Drives) {
+		p, _ := st.Drives[id]["path_on_host"].(string)
+		ro, _ := st.Drives[id]["is_read_only"].(bool)
+		if err := openDisk(p, ro); err != nil {
+			return die("Cannot restore devices: block %s: %v", id, err)
+		}
+	}
+	f.machine, f.drives, f.nics, f.vsock = st.Machine, st.Drives, st.Nics, st.Vsock
+	if err := f.bindVsock(); err != nil {
+		return die("Cannot restore devices: %v", err)
+	}
+	resume, _ := m["resume_vm"].(bool)
+	f.booted, f.paused, f.loaded = true, !resume, m
+	w.WriteHeader(http.StatusNoContent)
+	return false
+}
+
+// fullConfig is GET /vm/config: for a restored VM the boot source is empty.
+func (f *fakeAPI) fullConfig() map[string]any {
+	out := map[string]any{}
+	if f.machine != nil {
+		out["machine-config"] = f.machine
+	}
+	if f.boot != nil {
+		out["boot-source"] = f.boot
+	}
+	drives := []any{}
+	for _, id := range sortedKeys(f.drives) {
+		drives = append(drives, f.drives[id])
+	}
+	nics := []any{}
+	for _, id := range sortedKeys(f.nics) {
+		nics = append(nics, f.nics[id])
+	}
+	out["drives"], out["network-interfaces"] = drives, nics
+	if f.vsock != nil {
+		out["vsock"] = f.vsock
+	}
+	return out
 }
 
 func fileExists(p any) bool {
@@ -187,7 +520,11 @@ func (f *fakeAPI) stateText() string {
 	}
 	line("vsock", f.vsock)
 	line("serial", f.serial)
-	fmt.Fprintf(&b, "running %v\n", f.running)
+	line("loaded", f.loaded)
+	for _, c := range f.created {
+		fmt.Fprintf(&b, "snapshot %s\n", c)
+	}
+	fmt.Fprintf(&b, "state %s\n", f.state())
 	return b.String()
 }
 
@@ -211,7 +548,7 @@ func serveFake(t *testing.T) (*fakeAPI, string) {
 	f := newFakeAPI()
 	srv := &http.Server{Handler: f}
 	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
+	t.Cleanup(func() { _ = srv.Close(); f.close() })
 	return f, sock
 }
 
@@ -236,6 +573,10 @@ func fakeFirecrackerMain(args []string) int {
 			return 1
 		}
 		args = args[4:]
+	}
+	if len(args) == 1 && args[0] == "--version" {
+		fmt.Printf("Firecracker v%s\n\nSupported snapshot data format versions: v8.0.0\n", fakeVersion)
+		return 0
 	}
 	if len(args) != 2 || args[0] != "--api-sock" {
 		fmt.Println("usage: firecracker --api-sock PATH")
@@ -272,6 +613,11 @@ func fakeFirecrackerMain(args []string) int {
 		}
 		_ = os.WriteFile(sock+".requests", b.Bytes(), 0o600)
 		_ = os.WriteFile(sock+".state", []byte(f.stateText()), 0o600)
+	}
+	// A failed snapshot load ends Firecracker once the answer is out.
+	f.onFatal = func() {
+		fmt.Println("fake firecracker:", f.dead)
+		os.Exit(1)
 	}
 	err = http.Serve(ln, f)
 	if err != nil && !errors.Is(err, net.ErrClosed) {

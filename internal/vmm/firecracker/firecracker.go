@@ -10,6 +10,8 @@
 // modules banger's initramfs loads. No disk is marked as the root device:
 // banger's initramfs finds its disks by label and content.
 //
+// Pause, snapshot and restore (vmm.Snapshotter) are in snapshot.go.
+//
 // This driver is contract-tested against Firecracker's published Swagger
 // spec (testdata/) but has not booted a guest under a real Firecracker.
 package firecracker
@@ -158,11 +160,27 @@ func (d *Driver) Start(ctx context.Context, s vmm.Spec) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	started := time.Now()
+	pid, f, err := d.launch(ctx, bin, s)
+	if err != nil {
+		return 0, err
+	}
+	if err := d.bringUp(ctx, pid, f, d.config(s, f)); err != nil {
+		return 0, d.abort(pid, f, s.ID, err)
+	}
+	d.watchConsole(f.console, pid)
+	d.log().Info("firecracker started", "vm", s.ID, "pid", pid,
+		"elapsed_ms", time.Since(started).Milliseconds())
+	return pid, nil
+}
+
+// launch starts a bare Firecracker (not jailed) for s with its API socket
+// in s.Dir; the caller configures it and kills it on failure.
+func (d *Driver) launch(ctx context.Context, bin string, s vmm.Spec) (int, files, error) {
 	f := vmFiles(s.Dir)
 	if err := prepareFiles(f, s.UID, s.GID); err != nil {
-		return 0, fmt.Errorf("vm %s: %w", s.ID, err)
+		return 0, f, fmt.Errorf("vm %s: %w", s.ID, err)
 	}
-	started := time.Now()
 	pid, err := d.Runner.Start(ctx, system.ProcSpec{
 		Path:   bin,
 		Args:   []string{"--api-sock", f.sock},
@@ -172,16 +190,10 @@ func (d *Driver) Start(ctx context.Context, s vmm.Spec) (int, error) {
 		GID:    s.GID,
 	})
 	if err != nil {
-		return 0, fmt.Errorf("vm %s: start firecracker: %w", s.ID, err)
+		return 0, f, fmt.Errorf("vm %s: start firecracker: %w", s.ID, err)
 	}
 	d.procs.Remember(pid, isFirecrackerOf(f.sock))
-	if err := d.bringUpIn(ctx, pid, s, f, f); err != nil {
-		return 0, d.abort(pid, f, s.ID, err)
-	}
-	d.watchConsole(f.console, pid)
-	d.log().Info("firecracker started", "vm", s.ID, "pid", pid,
-		"elapsed_ms", time.Since(started).Milliseconds())
-	return pid, nil
+	return pid, f, nil
 }
 
 // The console log a guest fills: at most ConsoleMaxBytes plus what
@@ -235,9 +247,10 @@ func (d *Driver) abort(pid int, f files, id string, err error) error {
 	return fmt.Errorf("vm %s: %w", id, err)
 }
 
-// bringUpIn configures the VMM: f are its files as this process sees them,
-// in (and s) as Firecracker sees them (the same unless jailed).
-func (d *Driver) bringUpIn(ctx context.Context, pid int, s vmm.Spec, f, in files) error {
+// bringUp writes the pid file, waits for the API and runs steps in order:
+// f are the VMM's files as this process sees them (the steps carry the
+// paths as Firecracker sees them, which differ when jailed).
+func (d *Driver) bringUp(ctx context.Context, pid int, f files, steps []step) error {
 	if err := writePIDFile(f.pid, pid); err != nil {
 		return err
 	}
@@ -246,15 +259,17 @@ func (d *Driver) bringUpIn(ctx context.Context, pid int, s vmm.Spec, f, in files
 	if err := waitAPI(ctx, c, pid, f); err != nil {
 		return err
 	}
-	for _, step := range d.config(s, in) {
+	for _, step := range steps {
 		if !vmm.ProcessAlive(pid) {
 			return died(f)
 		}
 		if err := step(ctx, c); err != nil {
-			if !vmm.ProcessAlive(pid) {
-				return died(f)
+			// Firecracker answers a failed snapshot load and then exits:
+			// keep its answer, and the console when there is no answer.
+			if errors.Is(err, ErrAPI) || vmm.ProcessAlive(pid) {
+				return err
 			}
-			return err
+			return fmt.Errorf("%w (%v)", err, died(f))
 		}
 	}
 	return nil
@@ -281,7 +296,7 @@ func (d *Driver) config(s vmm.Spec, f files) []step {
 	}
 	for i, dk := range s.Disks {
 		drive := Drive{
-			DriveID:    "d" + strconv.Itoa(i),
+			DriveID:    driveID(i),
 			PathOnHost: dk.Path,
 			IsReadOnly: dk.ReadOnly,
 			// Honour the guest's flushes, like QEMU's cache=writeback.
@@ -291,7 +306,7 @@ func (d *Driver) config(s vmm.Spec, f files) []step {
 	}
 	if s.Tap != "" {
 		mac, _ := net.ParseMAC(s.MAC) // validated
-		nic := NetworkInterface{IfaceID: "n0", HostDevName: s.Tap, GuestMAC: mac.String()}
+		nic := NetworkInterface{IfaceID: nicID, HostDevName: s.Tap, GuestMAC: mac.String()}
 		steps = append(steps, func(ctx context.Context, c *Client) error { return c.PutNetworkInterface(ctx, nic) })
 	}
 	if d.VsockCID != 0 {
@@ -302,6 +317,11 @@ func (d *Driver) config(s vmm.Spec, f files) []step {
 		return c.Action(ctx, ActionInstanceStart)
 	})
 }
+
+// Device ids: disk i is drive "d<i>", the NIC is "n0".
+const nicID = "n0"
+
+func driveID(i int) string { return "d" + strconv.Itoa(i) }
 
 // bootArgs appends what Firecracker guests need unless the caller set it:
 // reboot=k makes a guest reboot end the VMM (there is no reset), panic=1

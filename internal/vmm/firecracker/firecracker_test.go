@@ -62,7 +62,7 @@ drive d1 {"cache_type":"Writeback","drive_id":"d1","is_read_only":true,"is_root_
 network-interface n0 {"guest_mac":"02:ba:ac:1e:00:02","host_dev_name":"bgr-abc123","iface_id":"n0"}
 vsock {"guest_cid":3,"uds_path":"$V/fc-vsock.sock"}
 serial {"rate_limiter":{"refill_time":1000,"size":262144}}
-running true
+state Running
 `
 
 // The configuration steps, run in-process against the fake API: every

@@ -182,7 +182,7 @@ func (d *Driver) startJailed(ctx context.Context, s vmm.Spec) (int, error) {
 	}
 	host, inJail := jailFiles(s, res.Dir)
 	d.procs.Remember(res.PID, isJailedFirecrackerOf(s.ID))
-	if err := d.bringUpIn(ctx, res.PID, in, host, inJail); err != nil {
+	if err := d.bringUp(ctx, res.PID, host, d.config(in, inJail)); err != nil {
 		return 0, d.abort(res.PID, host, s.ID, err)
 	}
 	d.watchConsole(host.console, res.PID)

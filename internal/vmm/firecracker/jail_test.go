@@ -171,7 +171,7 @@ drive d1 {"cache_type":"Writeback","drive_id":"d1","is_read_only":true,"is_root_
 network-interface n0 {"guest_mac":"02:ba:ac:1e:00:02","host_dev_name":"bgr-abc123","iface_id":"n0"}
 vsock {"guest_cid":3,"uds_path":"/run/fc-vsock.sock"}
 serial {"rate_limiter":{"refill_time":1000,"size":262144}}
-running true
+state Running
 `
 
 // A jailed Start against the fake firecracker, really chrooted and running

@@ -305,6 +305,16 @@ func TestSwaggerValidator(t *testing.T) {
 		{"body not allowed", "GET", "/", `{}`, `takes no body`},
 		{"not json", "PUT", "/actions", `{action_type`, `not json`},
 		{"null", "PUT", "/actions", `null`, `want object, got null`},
+		{"pause ok", "PATCH", "/vm", `{"state":"Paused"}`, ""},
+		{"vm state enum", "PATCH", "/vm", `{"state":"Running"}`, `"Running" not one of`},
+		{"no GET /vm", "GET", "/vm", ``, `method not in spec`},
+		{"get version", "GET", "/version", ``, ""},
+		{"load ok", "PUT", "/snapshot/load", `{"snapshot_path":"/s","mem_backend":{"backend_type":"File","backend_path":"/m"},"resume_vm":false,"network_overrides":[{"iface_id":"n0","host_dev_name":"t1"}],"vsock_override":{"uds_path":"/v"}}`, ""},
+		{"override incomplete", "PUT", "/snapshot/load", `{"snapshot_path":"/s","network_overrides":[{"iface_id":"n0"}]}`, `body.network_overrides[0]: missing required field "host_dev_name"`},
+		{"no drive override", "PUT", "/snapshot/load", `{"snapshot_path":"/s","drive_overrides":[]}`, `unknown field "drive_overrides"`},
+		{"patch drive path", "PATCH", "/drives/d0", `{"drive_id":"d0","path_on_host":"/x"}`, ""},
+		{"patch drive read-only", "PATCH", "/drives/d0", `{"drive_id":"d0","is_read_only":true}`, `unknown field "is_read_only"`},
+		{"create type enum", "PUT", "/snapshot/create", `{"snapshot_path":"/s","mem_file_path":"/m","snapshot_type":"Incremental"}`, `not one of`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -326,7 +336,8 @@ func TestSwaggerValidator(t *testing.T) {
 func TestSpecHasDriverDefinitions(t *testing.T) {
 	s := loadSpec(t)
 	for _, name := range []string{"MachineConfiguration", "BootSource", "Drive", "NetworkInterface",
-		"Vsock", "InstanceActionInfo", "InstanceInfo", "Error"} {
+		"Vsock", "InstanceActionInfo", "InstanceInfo", "Error", "Vm", "SnapshotCreateParams", "SnapshotLoadParams",
+		"MemoryBackend", "NetworkOverride", "VsockOverride", "PartialDrive", "FullVmConfiguration", "FirecrackerVersion"} {
 		d, ok := s.Definitions[name]
 		if !ok || d.Type != "object" || len(d.Properties) == 0 {
 			t.Errorf("definition %s missing or empty", name)

@@ -29,7 +29,7 @@ const sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecont
 const tapFD = 3
 
 // files are the per-VM paths the driver owns inside Spec.Dir.
-type files struct{ qmp, pid, console, consoleSock, vmmLog, agentSock string }
+type files struct{ qmp, pid, console, consoleSock, vmmLog, agentSock, mem string }
 
 func vmFiles(dir string) files {
 	return files{
@@ -39,6 +39,7 @@ func vmFiles(dir string) files {
 		consoleSock: filepath.Join(dir, paths.VMConsoleSock),
 		vmmLog:      filepath.Join(dir, paths.VMMLog),
 		agentSock:   filepath.Join(dir, paths.VMAgentSock),
+		mem:         filepath.Join(dir, paths.VMMemFile),
 	}
 }
 
@@ -79,17 +80,44 @@ func cmdline(base string, accel Accel, tscKHz int) string {
 // buildArgs is the QEMU command line for s (without the binary). It assumes
 // validate(s) passed.
 func buildArgs(s vmm.Spec, accel Accel, tscKHz int) ([]string, error) {
+	return buildArgsMem(s, accel, tscKHz, memory{path: vmFiles(s.Dir).mem, share: true})
+}
+
+// memory is the guest RAM's backing file. A booted VM's RAM is its own
+// file, mapped shared, so a snapshot needs only the device state in the
+// migration stream plus a copy of the file; a VM restored from a snapshot's
+// memory file maps it privately (copy-on-write, never written back).
+type memory struct {
+	path     string
+	share    bool
+	incoming bool // -incoming defer: the state comes from a migration
+}
+
+// cpuModel is the -cpu of each accelerator; a snapshot records it.
+func cpuModel(accel Accel) string {
+	if accel == AccelKVM {
+		return "host"
+	}
+	return "max"
+}
+
+func buildArgsMem(s vmm.Spec, accel Accel, tscKHz int, mem memory) ([]string, error) {
 	f := vmFiles(s.Dir)
 	a := []string{"-name", "guest=banger-" + s.ID}
 	switch accel {
 	case AccelKVM:
-		a = append(a, "-M", "microvm", "-accel", "kvm", "-cpu", "host")
+		a = append(a, "-M", "microvm,memory-backend=mem", "-accel", "kvm", "-cpu", cpuModel(accel))
 	case AccelTCG:
-		a = append(a, "-M", "microvm,pit=on,pic=on,rtc=on", "-accel", "tcg", "-cpu", "max")
+		a = append(a, "-M", "microvm,pit=on,pic=on,rtc=on,memory-backend=mem", "-accel", "tcg", "-cpu", cpuModel(accel))
 	default:
 		return nil, invalid("unknown accelerator %q", accel)
 	}
+	share := "off"
+	if mem.share {
+		share = "on"
+	}
 	a = append(a,
+		"-object", fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=%s", s.MemoryMiB, optEsc(mem.path), share),
 		"-m", strconv.Itoa(s.MemoryMiB),
 		"-smp", strconv.Itoa(s.VCPU),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -141,6 +169,9 @@ func buildArgs(s vmm.Spec, accel Accel, tscKHz int) ([]string, error) {
 			"-netdev", netdev,
 			"-device", "virtio-net-device,netdev=n0,mac="+strings.ToLower(s.MAC),
 		)
+	}
+	if mem.incoming {
+		a = append(a, "-incoming", "defer")
 	}
 	// The guest agent's channel, last so the disks and NIC keep their
 	// virtio-mmio slots: a named virtio-serial port, served to the daemon

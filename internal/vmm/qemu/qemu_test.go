@@ -56,9 +56,10 @@ func TestBuildArgsTCG(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := `-name guest=banger-abc123
--M microvm,pit=on,pic=on,rtc=on
+-M microvm,pit=on,pic=on,rtc=on,memory-backend=mem
 -accel tcg
 -cpu max
+-object memory-backend-file,id=mem,size=512M,mem-path=/state/vms/abc123/mem,share=on
 -m 512
 -smp 2
 -nodefaults
@@ -97,9 +98,10 @@ func TestBuildArgsKVMMinimal(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := `-name guest=banger-x
--M microvm
+-M microvm,memory-backend=mem
 -accel kvm
 -cpu host
+-object memory-backend-file,id=mem,size=128M,mem-path=/d/mem,share=on
 -m 128
 -smp 1
 -nodefaults

@@ -60,26 +60,7 @@ func qmpCall(conn net.Conn, r *bufio.Reader, cmd string) (json.RawMessage, error
 	if _, err := conn.Write(append(b, '\n')); err != nil {
 		return nil, fmt.Errorf("qmp %s: %w", cmd, err)
 	}
-	for {
-		var resp struct {
-			Return json.RawMessage `json:"return"`
-			Error  *struct {
-				Class string `json:"class"`
-				Desc  string `json:"desc"`
-			} `json:"error"`
-			Event string `json:"event"`
-		}
-		if err := readMsg(r, &resp); err != nil {
-			return nil, fmt.Errorf("qmp %s: %w", cmd, err)
-		}
-		switch {
-		case resp.Error != nil:
-			return nil, fmt.Errorf("qmp %s: %s: %s", cmd, resp.Error.Class, resp.Error.Desc)
-		case resp.Return != nil:
-			return resp.Return, nil
-		}
-		// Asynchronous events interleave with replies; skip them.
-	}
+	return readReply(r, cmd)
 }
 
 // readMsg reads one JSON line, bounded so a misbehaving peer cannot make us
