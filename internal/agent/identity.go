@@ -348,3 +348,11 @@ func (c *Client) Reidentify(ctx context.Context, id Identity) error {
 	}
 	return err
 }
+
+// CanReidentify reports whether the agent at the other end speaks the
+// identity operation (protocol 1.1 on).
+func (c *Client) CanReidentify() bool {
+	proto, _, _ := strings.Cut(c.version, " ")
+	major, minor, ok := parseVersion(proto)
+	return ok && major == ProtoMajor && minor >= identityMinor
+}

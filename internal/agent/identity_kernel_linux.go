@@ -226,7 +226,7 @@ func retryDump[T any](list func() ([]T, error)) ([]T, error) {
 // listening sockets and re-executes itself under the same PID, reading its
 // configuration and host keys afresh (and starting with a fresh RNG state,
 // not the parent snapshot's). Connections already open keep their sshd. It
-// is done when the process listens on sockets other than those it had.
+// is done when the process no longer listens on the sockets it had.
 type sshdReloader struct {
 	PidFile string // sshd's PidFile, /run/sshd.pid
 	Proc    string // /proc
@@ -275,12 +275,17 @@ func (r sshdReloader) reload(ctx context.Context) error {
 		if errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("sshd (pid %d) exited on SIGHUP: check sshd -t", pid)
 		}
-		if err == nil && len(now) > 0 && !overlaps(before, now) {
+		// Done once the old listeners are closed: sshd took the signal and
+		// re-executes. A client meanwhile is refused (never served with the
+		// old key) until the new sshd listens; the host's SSH dial already
+		// waits out a refusal, and the re-exec costs ~0.5 s under TCG that
+		// no restore should wait for.
+		if err == nil && !overlaps(before, now) {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("sshd (pid %d) not listening again %s after SIGHUP: %w", pid, timeout, ctx.Err())
+			return fmt.Errorf("sshd (pid %d) still on its old sockets %s after SIGHUP: %w", pid, timeout, ctx.Err())
 		case <-tick.C:
 		}
 	}

@@ -20,11 +20,12 @@ type Snapshot struct {
 	Meta                     string // vmm.SnapshotMeta as JSON
 	WarmFor                  string // image whose warm template this is ('' = none)
 	Auto                     bool   // made by `vm fork`; removed with its last VM
+	Parent                   string // snapshot whose files this one's disks read through ('' = none)
 	CreatedAt                time.Time
 }
 
 const snapshotColumns = `id, name, source_vm, source_vm_id, image, kernel, vcpu, memory_mib, disk_bytes,
-	work_disk_bytes, root_format, work_format, size_bytes, meta, warm_for, auto, created_at`
+	work_disk_bytes, root_format, work_format, size_bytes, meta, warm_for, auto, parent, created_at`
 
 // CreateSnapshot inserts sn; CreatedAt is set here. A taken name is
 // api.ErrConflict.
@@ -35,10 +36,10 @@ func (s *Store) CreateSnapshot(ctx context.Context, sn *Snapshot) error {
 	v := *sn
 	v.CreatedAt = s.stamp()
 	_, err := s.db.ExecContext(ctx, `INSERT INTO snapshots (`+snapshotColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		v.ID, v.Name, v.SourceVM, v.SourceVMID, v.Image, v.Kernel, v.VCPU, v.MemoryMiB, v.DiskBytes,
 		v.WorkDiskBytes, v.RootFormat, v.WorkFormat, v.SizeBytes, v.Meta, v.WarmFor, boolInt(v.Auto),
-		v.CreatedAt.UnixNano())
+		v.Parent, v.CreatedAt.UnixNano())
 	if err != nil {
 		return conflictErr("snapshot", v.Name, err)
 	}
@@ -58,7 +59,7 @@ func scanSnapshot(r scanner) (Snapshot, error) {
 	var created int64
 	var auto int
 	err := r.Scan(&v.ID, &v.Name, &v.SourceVM, &v.SourceVMID, &v.Image, &v.Kernel, &v.VCPU, &v.MemoryMiB,
-		&v.DiskBytes, &v.WorkDiskBytes, &v.RootFormat, &v.WorkFormat, &v.SizeBytes, &v.Meta, &v.WarmFor, &auto, &created)
+		&v.DiskBytes, &v.WorkDiskBytes, &v.RootFormat, &v.WorkFormat, &v.SizeBytes, &v.Meta, &v.WarmFor, &auto, &v.Parent, &created)
 	v.Auto = auto == 1
 	v.CreatedAt = fromNanos(created)
 	return v, err
@@ -124,20 +125,24 @@ func (s *Store) DeleteSnapshot(ctx context.Context, id string) error {
 
 // VMsFrom returns the names of the VMs restored from snapshot id.
 func (s *Store) VMsFrom(ctx context.Context, id string) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT name FROM vms WHERE origin_snapshot = ? ORDER BY name`, id)
+	out, err := names(ctx, s.db, `SELECT name FROM vms WHERE origin_snapshot = ? ORDER BY name`, id)
 	if err != nil {
 		return nil, fmt.Errorf("vms of snapshot %q: %w", id, err)
 	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			return nil, err
-		}
-		out = append(out, n)
+	return out, nil
+}
+
+// SnapshotUsers names what depends on snapshot id: the VMs restored from it
+// and the snapshots whose disks read through its files.
+func (s *Store) SnapshotUsers(ctx context.Context, id string) (vms, snaps []string, err error) {
+	if vms, err = s.VMsFrom(ctx, id); err != nil {
+		return nil, nil, err
 	}
-	return out, rows.Err()
+	snaps, err = names(ctx, s.db, `SELECT name FROM snapshots WHERE parent = ? ORDER BY name`, id)
+	if err != nil {
+		return nil, nil, fmt.Errorf("snapshots of snapshot %q: %w", id, err)
+	}
+	return vms, snaps, nil
 }
 
 // VMSnapshotState is what a VM row carries about pausing and snapshots;

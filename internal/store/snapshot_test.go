@@ -13,7 +13,7 @@ func init() {
 	migrationChecks[7] = func(t *testing.T, db *sql.DB) {
 		wantColumns(t, db, "snapshots", "id", "name", "source_vm", "source_vm_id", "image", "kernel", "vcpu",
 			"memory_mib", "disk_bytes", "work_disk_bytes", "root_format", "work_format", "size_bytes", "meta",
-			"warm_for", "auto", "created_at")
+			"warm_for", "auto", "parent", "created_at")
 		wantIndexes(t, db, "snapshots", "snapshots_warm_for")
 		if _, err := db.Exec(`INSERT INTO vms (id, name, state, created_at, updated_at) VALUES ('v7', 'v7', 'running', 0, 0)`); err != nil {
 			t.Fatal(err)

@@ -285,7 +285,14 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 	}
 	if sn, ok := s.warmFor(ctx, p); ok {
 		progress.stage("warm:" + sn.Name)
-		return s.createFrom(ctx, p, sn, progress)
+		v, err := s.createFrom(ctx, p, sn, progress)
+		if !errors.Is(err, vmm.ErrSnapshotMismatch) {
+			return v, err
+		}
+		// The template no longer fits this host (QEMU upgraded, another
+		// accelerator): the restore left nothing; boot instead.
+		s.d.Log.WarnContext(ctx, "warm template unusable; booting", "snapshot", sn.Name, "err", err)
+		progress.stage("cold")
 	}
 	if p.VCPU == 0 {
 		p.VCPU = DefaultVCPU
@@ -531,12 +538,16 @@ func (s *Service) spec(v store.VM) (vmm.Spec, error) {
 	cmdline := fmt.Sprintf("console=ttyS0 rw net.ifnames=0 panic=-1 cryptomgr.notests quiet ip=%s::%s:%s:%s:eth0:off",
 		ip, s.d.Gateway, mask, v.Name)
 	cmdline += s.firstBootArg(v)
+	workFormat, err := s.workFormat(v)
+	if err != nil {
+		return vmm.Spec{}, err
+	}
 	return vmm.Spec{
 		ID: v.ID, Dir: v.Dir, VCPU: v.VCPU, MemoryMiB: v.MemoryMiB,
 		Kernel: k.Path, Initrd: k.Initrd, Cmdline: cmdline,
-		Disks: []vmm.Disk{{Path: s.rootPath(v), Format: v.RootFormat}, {Path: s.workPath(v), Format: s.workFormat(v)},
+		Disks: []vmm.Disk{{Path: s.rootPath(v), Format: v.RootFormat}, {Path: s.workPath(v), Format: workFormat},
 			{Path: s.seedPath(v), ReadOnly: true}},
-		Tap:   v.Tap, MAC: v.MAC, UID: s.d.UID, GID: s.d.GID,
+		Tap: v.Tap, MAC: v.MAC, UID: s.d.UID, GID: s.d.GID,
 	}, nil
 }
 

@@ -1,12 +1,14 @@
 package vm
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -85,26 +87,15 @@ func (s *Service) runningLocked(ctx context.Context, name string) (store.VM, vmm
 
 // Pause stops the VM's vCPUs; its memory and devices stay.
 func (s *Service) Pause(ctx context.Context, name string) (store.VM, error) {
-	sn, err := s.snapshotter()
-	if err != nil {
-		return store.VM{}, err
-	}
-	v, spec, unlock, err := s.runningLocked(ctx, name)
-	if err != nil {
-		return v, err
-	}
-	defer unlock()
-	if err := sn.Pause(ctx, spec); err != nil {
-		return v, fmt.Errorf("pause vm %q: %w", v.Name, err)
-	}
-	if err := s.d.Store.SetPaused(ctx, v.ID, true); err != nil {
-		return v, err
-	}
-	return v, nil
+	return s.setPaused(ctx, name, true)
 }
 
 // Resume continues a paused VM and steps its clock over the pause.
 func (s *Service) Resume(ctx context.Context, name string) (store.VM, error) {
+	return s.setPaused(ctx, name, false)
+}
+
+func (s *Service) setPaused(ctx context.Context, name string, pause bool) (store.VM, error) {
 	sn, err := s.snapshotter()
 	if err != nil {
 		return store.VM{}, err
@@ -114,14 +105,20 @@ func (s *Service) Resume(ctx context.Context, name string) (store.VM, error) {
 		return v, err
 	}
 	defer unlock()
-	if err := sn.Resume(ctx, spec); err != nil {
-		return v, fmt.Errorf("resume vm %q: %w", v.Name, err)
+	op, verb := sn.Resume, "resume"
+	if pause {
+		op, verb = sn.Pause, "pause"
 	}
-	if err := s.d.Store.SetPaused(ctx, v.ID, false); err != nil {
+	if err := op(ctx, spec); err != nil {
+		return v, fmt.Errorf("%s vm %q: %w", verb, v.Name, err)
+	}
+	if err := s.d.Store.SetPaused(ctx, v.ID, pause); err != nil {
 		return v, err
 	}
-	s.Touch(v.ID)
-	s.syncClock(ctx, v)
+	if !pause {
+		s.Touch(v.ID)
+		s.syncClock(ctx, v)
+	}
 	return v, nil
 }
 
@@ -176,6 +173,19 @@ func (s *Service) takeSnapshot(ctx context.Context, v store.VM, spec vmm.Spec, s
 	if err != nil {
 		return store.Snapshot{}, err
 	}
+	if st.Paused {
+		return store.Snapshot{}, fmt.Errorf("vm %q is paused (resume it first: its agent must answer): %w", v.Name, api.ErrBusy)
+	}
+	// Every restore is re-identified by the guest's agent: a snapshot whose
+	// agent cannot do it would only make VMs that answer as this one.
+	ag, err := s.d.Guest.Agent(ctx, s.target(v))
+	if err != nil {
+		return store.Snapshot{}, fmt.Errorf("snapshot vm %q: its guest agent must answer (restores are re-identified through it): %w", v.Name, err)
+	}
+	if !ag.CanReidentify() {
+		return store.Snapshot{}, fmt.Errorf("snapshot vm %q: its guest agent (%s) is too old to re-identify restores; rebuild or re-pull the image: %w",
+			v.Name, ag.Version(), api.ErrInvalid)
+	}
 	id := newID()
 	tmp := filepath.Join(s.d.Layout.SnapshotsDir(), snapTmpPref+id)
 	final := s.d.Layout.Snapshot(id)
@@ -194,22 +204,21 @@ func (s *Service) takeSnapshot(ctx context.Context, v store.VM, spec vmm.Spec, s
 
 	started := time.Now()
 	progress.stage("pause")
-	if !st.Paused {
-		if err := sn.Pause(ctx, spec); err != nil {
-			return store.Snapshot{}, fmt.Errorf("snapshot vm %q: pause: %w", v.Name, err)
-		}
-		// Whatever happens next, the VM runs on (a crash in between:
-		// reconcile resumes VMs paused without the user's flag).
-		defer func() {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-			defer cancel()
-			if err := sn.Resume(rctx, spec); err != nil {
-				s.d.Log.ErrorContext(ctx, "resume after snapshot failed", "vm", v.Name, "err", err)
-				return
-			}
-			s.syncClock(rctx, v)
-		}()
+	if err := sn.Pause(ctx, spec); err != nil {
+		return store.Snapshot{}, fmt.Errorf("snapshot vm %q: pause: %w", v.Name, err)
 	}
+	// Whatever happens next, the VM runs on (a crash in between:
+	// reconcile resumes VMs paused without the user's flag).
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := sn.Resume(rctx, spec); err != nil {
+			s.d.Log.ErrorContext(ctx, "resume after snapshot failed", "vm", v.Name, "err", err)
+			return
+		}
+		// The clock step need not hold up the snapshot (or a fork's children).
+		go s.syncClock(context.WithoutCancel(ctx), v)
+	}()
 	progress.stage("save_state")
 	meta, err := sn.Snapshot(ctx, spec, tmp)
 	if err != nil {
@@ -236,6 +245,9 @@ func (s *Service) takeSnapshot(ctx context.Context, v store.VM, spec vmm.Spec, s
 		VCPU: v.VCPU, MemoryMiB: v.MemoryMiB, DiskBytes: v.DiskBytes, WorkDiskBytes: v.WorkDiskBytes,
 		RootFormat: formatOr(v.RootFormat), WorkFormat: formatOr(st.WorkFormat), Meta: string(metaJSON),
 		WarmFor: warmFor, Auto: auto,
+		// A restored VM's disks may be overlays on its origin's files, and
+		// so are the copies of them made here.
+		Parent: st.OriginSnapshot,
 	}
 	row.SizeBytes = dirAllocated(tmp)
 	if b, err := json.MarshalIndent(row, "", "  "); err == nil {
@@ -324,15 +336,23 @@ func (s *Service) DeleteSnapshot(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	users, err := s.d.Store.VMsFrom(ctx, sn.ID)
+	vms, snaps, err := s.d.Store.SnapshotUsers(ctx, sn.ID)
 	if err != nil {
 		return err
 	}
-	if len(users) > 0 {
+	switch {
+	case len(vms) > 0:
 		return fmt.Errorf("snapshot %q is used by vm %s (restored from it; delete them first): %w",
-			sn.Name, strings.Join(users, ", "), api.ErrBusy)
+			sn.Name, strings.Join(vms, ", "), api.ErrBusy)
+	case len(snaps) > 0:
+		return fmt.Errorf("snapshot %q is used by snapshot %s (their disks read through its files; remove them first): %w",
+			sn.Name, strings.Join(snaps, ", "), api.ErrBusy)
 	}
-	return s.removeSnapshot(ctx, sn)
+	if err := s.removeSnapshot(ctx, sn); err != nil {
+		return err
+	}
+	s.releaseAutoLocked(ctx, sn.Parent)
+	return nil
 }
 
 // removeSnapshot deletes the row first: a crash in between leaves an
@@ -349,20 +369,27 @@ func (s *Service) removeSnapshot(ctx context.Context, sn store.Snapshot) error {
 
 // releaseAutoSnapshot removes a fork's snapshot once no VM uses it.
 func (s *Service) releaseAutoSnapshot(ctx context.Context, id string) {
-	if id == "" {
-		return
-	}
 	s.snapMu.Lock()
 	defer s.snapMu.Unlock()
-	sn, err := s.d.Store.GetSnapshot(ctx, id)
-	if err != nil || !sn.Auto {
-		return
-	}
-	if users, err := s.d.Store.VMsFrom(ctx, id); err != nil || len(users) > 0 {
-		return
-	}
-	if err := s.removeSnapshot(ctx, sn); err != nil {
-		s.d.Log.WarnContext(ctx, "remove fork snapshot", "snapshot", sn.Name, "err", err)
+	s.releaseAutoLocked(ctx, id)
+}
+
+// releaseAutoLocked removes auto snapshot id, and then its parent, while
+// nothing uses them. The caller holds snapMu.
+func (s *Service) releaseAutoLocked(ctx context.Context, id string) {
+	for id != "" {
+		sn, err := s.d.Store.GetSnapshot(ctx, id)
+		if err != nil || !sn.Auto {
+			return
+		}
+		if vms, snaps, err := s.d.Store.SnapshotUsers(ctx, id); err != nil || len(vms)+len(snaps) > 0 {
+			return
+		}
+		if err := s.removeSnapshot(ctx, sn); err != nil {
+			s.d.Log.WarnContext(ctx, "remove fork snapshot", "snapshot", sn.Name, "err", err)
+			return
+		}
+		id = sn.Parent
 	}
 }
 
@@ -383,6 +410,13 @@ func (s *Service) reconcileSnapshots(ctx context.Context) error {
 	known := map[string]bool{}
 	for _, r := range rows {
 		known[r.ID] = true
+	}
+	// A fork's snapshot whose VMs are all gone (a daemon killed between
+	// the last delete and the release, or before the first child).
+	for _, r := range rows {
+		if r.Auto {
+			s.releaseAutoSnapshot(ctx, r.ID)
+		}
 	}
 	var errs []error
 	for _, e := range ents {
@@ -449,7 +483,23 @@ func (s *Service) createFrom(ctx context.Context, p api.CreateVMParams, sn store
 		Name: p.Name, Image: sn.Image, Kernel: sn.Kernel, VCPU: sn.VCPU, MemoryMiB: sn.MemoryMiB,
 		DiskBytes: sn.DiskBytes, WorkDiskBytes: sn.WorkDiskBytes,
 	}
-	if err := s.insertVM(ctx, &v); err != nil {
+	// The row names its snapshot from the start, under snapMu: a snapshot
+	// removal either sees this VM or has already removed the snapshot.
+	s.snapMu.Lock()
+	err := func() error {
+		if _, err := s.d.Store.GetSnapshot(ctx, sn.ID); err != nil {
+			return err
+		}
+		if err := s.insertVM(ctx, &v); err != nil {
+			return err
+		}
+		if err := s.d.Store.SetOrigin(ctx, v.ID, sn.ID, disk.FormatRaw); err != nil {
+			return s.undoRow(ctx, v.ID, err)
+		}
+		return nil
+	}()
+	s.snapMu.Unlock()
+	if err != nil {
 		return store.VM{}, fmt.Errorf("vm %q: %w", p.Name, err)
 	}
 	unlock := s.lock(v.ID)
@@ -502,6 +552,11 @@ func (s *Service) createFrom(ctx context.Context, p api.CreateVMParams, sn store
 		// a restore that failed leaves no VM behind (a boot would be
 		// worth debugging in place, a restore is retried from the snapshot).
 		err = fmt.Errorf("create vm %q from %q: %w", p.Name, sn.Name, err)
+		if !rolledBack(err) {
+			// Something of the start could not be undone (a VMM that would
+			// not die): the row stays, in error, for reconcile and delete.
+			return v, err
+		}
 		if kerr := s.d.KnownHosts.Remove(v.GuestIP, v.Name+".vm"); kerr != nil {
 			err = errors.Join(err, kerr)
 		}
@@ -537,9 +592,10 @@ func (s *Service) reidentify(ctx context.Context, v store.VM) error {
 		Address: netip.PrefixFrom(ip, s.d.Subnet.Bits()).String(), Gateway: s.d.Gateway.String(),
 		HostKey: key, HostKeyPub: pub, Seed: seed,
 	}
-	// The restored agent notices the new host within its poll interval.
+	t := s.target(v)
+	t.Agent = func(ctx context.Context) (net.Conn, error) { return s.kickAgent(ctx, v) }
 	for {
-		c, err := s.d.Guest.Agent(ctx, s.target(v))
+		c, err := s.d.Guest.Agent(ctx, t)
 		if err == nil {
 			id.Time = time.Now().UTC()
 			return c.Reidentify(ctx, id)
@@ -561,7 +617,12 @@ func (s *Service) Fork(ctx context.Context, p api.ForkParams, progress Progress)
 	}
 	prefix := p.NamePrefix
 	if prefix == "" {
-		prefix = p.Name + "-fork"
+		// Room for "-fork-NN" within a VM name's 32 characters.
+		base := p.Name
+		if len(base) > 24 {
+			base = strings.TrimRight(base[:24], "-")
+		}
+		prefix = base + "-fork"
 	}
 	names, err := s.forkNames(ctx, prefix, p.Count)
 	if err != nil {
@@ -642,7 +703,10 @@ func (s *Service) Warm(ctx context.Context, image string, progress Progress) (st
 		return store.Snapshot{}, fmt.Errorf("warm image %q: %w", image, err)
 	}
 	name := WarmName(img.Name)
-	if oldErr == nil && old.Name == name {
+	for i := 0; i < 8; i++ {
+		if _, err := s.d.Store.GetSnapshot(ctx, name); errors.Is(err, api.ErrNotFound) {
+			break
+		}
 		name = WarmName(img.Name) + "-" + newID()[:4]
 	}
 	v, spec, unlock, err := s.runningLocked(ctx, v.ID)
@@ -681,6 +745,10 @@ func (s *Service) warmFor(ctx context.Context, p api.CreateVMParams) (store.Snap
 	if err != nil {
 		return store.Snapshot{}, false
 	}
+	// A template of an image since rebuilt (or removed) is not the image.
+	if img, err := s.d.Store.GetImage(ctx, image); err != nil || img.CreatedAt.After(sn.CreatedAt) {
+		return store.Snapshot{}, false
+	}
 	if (p.VCPU != 0 && p.VCPU != sn.VCPU) || (p.MemoryMiB != 0 && p.MemoryMiB != sn.MemoryMiB) ||
 		(p.Kernel != "" && p.Kernel != sn.Kernel) {
 		return store.Snapshot{}, false
@@ -703,10 +771,55 @@ func (s *Service) removeMem(v store.VM) {
 
 // workFormat is the recorded format of the VM's work disk (qcow2 for VMs
 // restored from a snapshot onto an overlay; raw otherwise).
-func (s *Service) workFormat(v store.VM) string {
+func (s *Service) workFormat(v store.VM) (string, error) {
 	st, err := s.d.Store.SnapshotState(context.Background(), v.ID)
 	if err != nil {
-		return disk.FormatRaw
+		// Never guess: a qcow2 file opened as raw is harmless, the
+		// other way round would let the guest name a backing file.
+		return "", fmt.Errorf("work disk format: %w", err)
 	}
-	return formatOr(st.WorkFormat)
+	return formatOr(st.WorkFormat), nil
 }
+
+// agentKick is what a restored guest's agent gets first: enough bytes to end
+// the session it was in when the snapshot was taken (a yamux header of the
+// wrong version), and a line a handshake skips as junk.
+const agentKick = "\nBANGER-AGENT-KICK\n"
+
+// maxKickReply bounds what is read while waiting for the agent's wake line.
+const maxKickReply = 64 << 10
+
+// kickAgent dials a restored VM's agent channel for its first handshake.
+// The guest's agent resumes inside the session it had with the snapshot's
+// daemon: a HELLO sent now would be read as that session's frames, and
+// whatever arrives while the agent reopens its port is discarded. So the
+// kick ends that session first, and the conn is handed to the handshake once
+// the agent announces its new serve loop (agent.WakeLine), or after a short
+// wait when it was already waiting for a host (then it never writes one and
+// the kick is skipped as junk).
+func (s *Service) kickAgent(ctx context.Context, v store.VM) (net.Conn, error) {
+	conn, err := s.d.Driver.DialAgent(ctx, v.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := conn.Write([]byte(agentKick)); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(kickWait))
+	wake := []byte(strings.TrimSpace(agent.WakeLine))
+	var seen []byte
+	buf := make([]byte, 4096)
+	for len(seen) < maxKickReply {
+		n, err := conn.Read(buf)
+		seen = append(seen, buf[:n]...)
+		if bytes.Contains(seen, wake) || err != nil {
+			break
+		}
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	return conn, nil
+}
+
+// kickWait bounds the wait for the wake line.
+const kickWait = time.Second

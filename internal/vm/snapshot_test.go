@@ -64,6 +64,8 @@ func snapFixture(t *testing.T) (*fixture, *snapDriver) {
 	f := newFixture(t)
 	d := &snapDriver{fakeDriver: fakeDriver{f.h}, paused: map[string]bool{}}
 	f.deps.Driver = d
+	// A real agent of this build answers (it can re-identify restores).
+	f.deps.Guest = newAgentGuest(f.h)
 	f.svc = New(f.deps)
 	return f, d
 }
@@ -220,5 +222,100 @@ func TestReconcileAfterInterruptedSnapshot(t *testing.T) {
 	}
 	if !d.isPaused(b.Dir) {
 		t.Error("vm the user paused was resumed")
+	}
+}
+
+// Restores are re-identified by the guest's agent: a VM whose agent does
+// not answer is not snapshotted (it would make VMs answering as it).
+func TestSnapshotNeedsTheAgent(t *testing.T) {
+	f, d := snapFixture(t)
+	f.deps.Guest = fakeGuest{f.h} // no agent
+	f.svc = New(f.deps)
+	ctx := context.Background()
+	v := f.create(t, "dev")
+	_, err := f.svc.Snapshot(ctx, "dev", "s1", nil)
+	if err == nil || !strings.Contains(err.Error(), "agent must answer") {
+		t.Fatalf("snapshot without an agent: %v", err)
+	}
+	if d.isPaused(v.Dir) {
+		t.Fatal("vm paused")
+	}
+	if ents, _ := os.ReadDir(f.layout.SnapshotsDir()); len(ents) != 0 {
+		t.Fatalf("%d entries left", len(ents))
+	}
+}
+
+// A snapshot of a VM restored from A reads through A's files (overlays):
+// A stays while that snapshot exists, and an auto snapshot is released
+// along the chain once nothing uses it.
+func TestSnapshotParentChain(t *testing.T) {
+	f, _ := snapFixture(t)
+	ctx := context.Background()
+	f.create(t, "dev")
+	a, err := f.svc.Snapshot(ctx, "dev", "a", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := f.create(t, "child")
+	if err := f.st.SetOrigin(ctx, child.ID, a.ID, "qcow2"); err != nil {
+		t.Fatal(err)
+	}
+	b, err := f.svc.Snapshot(ctx, "child", "b", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Parent != a.ID {
+		t.Fatalf("snapshot of a restored vm: parent %q, want %q", b.Parent, a.ID)
+	}
+	if err := f.svc.Delete(ctx, "child", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.DeleteSnapshot(ctx, "a"); !errors.Is(err, api.ErrBusy) || !strings.Contains(err.Error(), `snapshot b`) {
+		t.Fatalf("rm of a parent: %v", err)
+	}
+	// Make a an auto (fork) snapshot: removing b releases it too.
+	if _, err := f.st.GetSnapshot(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.st.DeleteSnapshot(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	a.Auto = true
+	if err := f.st.CreateSnapshot(ctx, &a); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.DeleteSnapshot(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.st.GetSnapshot(ctx, "a"); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("auto parent kept after its last user went: %v", err)
+	}
+	if _, err := os.Stat(f.layout.Snapshot(a.ID)); !os.IsNotExist(err) {
+		t.Fatalf("auto parent's dir kept: %v", err)
+	}
+}
+
+// An auto snapshot nothing uses (its daemon died before releasing it) is
+// removed at the next reconcile.
+func TestReconcileReleasesUnusedAutoSnapshot(t *testing.T) {
+	f, _ := snapFixture(t)
+	ctx := context.Background()
+	f.create(t, "dev")
+	sn, err := f.svc.Snapshot(ctx, "dev", "fork-x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.st.DeleteSnapshot(ctx, sn.ID); err != nil {
+		t.Fatal(err)
+	}
+	sn.Auto = true
+	if err := f.st.CreateSnapshot(ctx, &sn); err != nil {
+		t.Fatal(err)
+	}
+	if err := New(f.deps).Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.st.GetSnapshot(ctx, sn.ID); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("unused fork snapshot kept: %v", err)
 	}
 }

@@ -155,7 +155,6 @@ func vmmMemMiB(b *testing.B, name string) (pss, rss float64) {
 	return pss, rss
 }
 
-
 // bangerOutB is mustB returning stdout.
 func bangerOutB(b *testing.B, args ...string) string {
 	b.Helper()

@@ -270,7 +270,7 @@ func TestWarmRun(t *testing.T) {
 			t.Fatalf("warm vm run exit %d (want %d): %q %s", r.code, code, r.stdout, r.stderr)
 		}
 		// The create's stages name the template it restored.
-		if !strings.Contains(r.stderr, "warm:default-warm") || strings.Contains(r.stderr, "wait_ready") {
+		if !strings.Contains(r.stderr, "warm:default-warm") || !strings.Contains(r.stderr, "reidentify") {
 			t.Fatalf("vm run did not restore the warm template:\n%s", r.stderr)
 		}
 	}

@@ -8,6 +8,9 @@
 -- the directory was renamed into place; meta is vmm.SnapshotMeta as JSON.
 -- warm_for: the image this snapshot is the warm template of (`image warm`);
 -- auto: made by `vm fork`, removed with the last VM restored from it.
+-- parent: the snapshot whose files this one's disks read through (a
+-- snapshot of a VM restored onto qcow2 overlays); '' when none. A snapshot
+-- named as a parent is not removed.
 
 ALTER TABLE vms ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE vms ADD COLUMN origin_snapshot TEXT NOT NULL DEFAULT '';
@@ -30,6 +33,7 @@ CREATE TABLE snapshots (
 	meta            TEXT NOT NULL,
 	warm_for        TEXT NOT NULL DEFAULT '',
 	auto            INTEGER NOT NULL DEFAULT 0,
+	parent          TEXT NOT NULL DEFAULT '',
 	created_at      INTEGER NOT NULL
 );
 CREATE INDEX snapshots_warm_for ON snapshots(warm_for);

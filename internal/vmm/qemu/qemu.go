@@ -119,17 +119,8 @@ func (d *Driver) accel(ctx context.Context) (Accel, int) {
 // Start launches QEMU for s, detached, and returns once QMP reports the
 // machine running.
 func (d *Driver) Start(ctx context.Context, s vmm.Spec) (int, error) {
-	if err := validate(s); err != nil {
-		return 0, err
-	}
-	bin, err := d.binary()
+	bin, err := d.preflight(s)
 	if err != nil {
-		return 0, err
-	}
-	if pid, ok := d.Find(s); ok {
-		return 0, fmt.Errorf("vm %s: vmm already running (pid %d): %w", s.ID, pid, api.ErrBusy)
-	}
-	if err := vmm.CheckFiles(s); err != nil {
 		return 0, err
 	}
 	accel, tsc := d.accel(ctx)
@@ -164,6 +155,22 @@ func (d *Driver) Start(ctx context.Context, s vmm.Spec) (int, error) {
 	d.log().Info("qemu started", "vm", s.ID, "pid", pid, "accel", string(accel),
 		"elapsed_ms", time.Since(started).Milliseconds())
 	return pid, nil
+}
+
+// preflight checks s, finds the binary and refuses a second VMM for s or
+// missing files, before anything is launched.
+func (d *Driver) preflight(s vmm.Spec) (string, error) {
+	if err := validate(s); err != nil {
+		return "", err
+	}
+	bin, err := d.binary()
+	if err != nil {
+		return "", err
+	}
+	if pid, ok := d.Find(s); ok {
+		return "", fmt.Errorf("vm %s: vmm already running (pid %d): %w", s.ID, pid, api.ErrBusy)
+	}
+	return bin, vmm.CheckFiles(s)
 }
 
 // prepareFiles clears what a previous run left and creates the empty logs

@@ -132,6 +132,39 @@ func (q *qmpConn) waitMigration(ctx context.Context) error {
 	}
 }
 
+// cancelMigration cancels an outgoing migration in progress and waits
+// (bounded) until it has stopped; with none in progress it does nothing.
+func (q *qmpConn) cancelMigration(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, pauseTimeout)
+	defer cancel()
+	cancelled := false
+	for {
+		ret, err := q.call("query-migrate", nil)
+		if err != nil {
+			return err
+		}
+		var st migrateStatus
+		if err := json.Unmarshal(ret, &st); err != nil {
+			return fmt.Errorf("qmp query-migrate: %w", err)
+		}
+		switch st.Status {
+		case "", "none", "completed", "failed", "cancelled":
+			return nil
+		}
+		if !cancelled {
+			if _, err := q.call("migrate_cancel", nil); err != nil {
+				return err
+			}
+			cancelled = true
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("migration still %s after cancel: %w", st.Status, ctx.Err())
+		case <-time.After(pollInterval):
+		}
+	}
+}
+
 // status is query-status's run state.
 func (q *qmpConn) status() (string, error) {
 	ret, err := q.call("query-status", nil)

@@ -38,9 +38,22 @@ func (d *Driver) Pause(ctx context.Context, s vmm.Spec) error {
 }
 
 // Resume continues the vCPUs (QMP cont); after a snapshot it also takes
-// the disks back from the finished migration.
+// the disks back from the finished migration. A save still in progress (a
+// snapshot that failed or timed out, or whose daemon died) is cancelled
+// first: left running, its completion would stop the guest again.
 func (d *Driver) Resume(ctx context.Context, s vmm.Spec) error {
-	return d.qmpSimple(ctx, s, "cont")
+	q, err := dialQMP(ctx, vmFiles(s.Dir).qmp, pauseTimeout)
+	if err != nil {
+		return fmt.Errorf("vm %s: %w", s.ID, err)
+	}
+	defer q.Close()
+	if err := q.cancelMigration(ctx); err != nil {
+		return fmt.Errorf("vm %s: %w", s.ID, err)
+	}
+	if _, err := q.call("cont", nil); err != nil {
+		return fmt.Errorf("vm %s: %w", s.ID, err)
+	}
+	return nil
 }
 
 func (d *Driver) qmpSimple(ctx context.Context, s vmm.Spec, cmd string) error {
@@ -128,6 +141,8 @@ func (d *Driver) Snapshot(ctx context.Context, s vmm.Spec, dir string) (vmm.Snap
 		return meta, err
 	}
 	if err := q.waitMigration(ctx); err != nil {
+		// Stop QEMU writing into a state file that is about to go.
+		_ = q.cancelMigration(context.WithoutCancel(ctx))
 		return meta, fmt.Errorf("vm %s: save state: %w", s.ID, err)
 	}
 	if err := sf.Sync(); err != nil {
@@ -240,17 +255,8 @@ func (d *Driver) checkSnapshot(ctx context.Context, s vmm.Spec, dir string, meta
 // dir/state (RAM from dir/mem, mapped privately, or from the stream into
 // the VM's own file), attaches the console and resumes the guest.
 func (d *Driver) Restore(ctx context.Context, s vmm.Spec, dir string, meta vmm.SnapshotMeta) (int, error) {
-	if err := validate(s); err != nil {
-		return 0, err
-	}
-	bin, err := d.binary()
+	bin, err := d.preflight(s)
 	if err != nil {
-		return 0, err
-	}
-	if pid, ok := d.Find(s); ok {
-		return 0, fmt.Errorf("vm %s: vmm already running (pid %d): %w", s.ID, pid, api.ErrBusy)
-	}
-	if err := vmm.CheckFiles(s); err != nil {
 		return 0, err
 	}
 	accel, err := d.checkSnapshot(ctx, s, dir, meta)
