@@ -18,8 +18,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/daemon"
 	"github.com/banger-dev/banger/internal/doctor"
+	"github.com/banger-dev/banger/internal/forward"
 	"github.com/banger-dev/banger/internal/guest"
 	"github.com/banger-dev/banger/internal/hostnet"
 	"github.com/banger-dev/banger/internal/image"
@@ -33,6 +35,7 @@ import (
 	"github.com/banger-dev/banger/internal/vm"
 	"github.com/banger-dev/banger/internal/vmm/cgroup"
 	"github.com/banger-dev/banger/internal/vmm/qemu"
+	"github.com/banger-dev/banger/internal/vmop"
 	"github.com/banger-dev/banger/internal/workspace"
 )
 
@@ -165,6 +168,7 @@ func run() error {
 		return err
 	}
 	var wss *workspace.Service // file sync runs after every boot; built below, it needs vms
+	var fwds *forward.Manager  // port forwards end with their VM; built below, they need vms
 	if !vm.ValidDiskClone(*diskClone) {
 		return fmt.Errorf("--disk-clone %q: want auto or copy", *diskClone)
 	}
@@ -174,8 +178,15 @@ func run() error {
 		Firewall:   priv,
 		Limits:     vmmLimits(log),
 		AfterStart: func(ctx context.Context, v store.VM) { wss.AfterStart(ctx, v) },
+		AfterStop:  func(id string) { fwds.StopVM(id) },
+		Forwards:   func(id string) []api.Forward { return fwds.List(id) },
 		AfterStep:  afterStep,
 		DiskClone:  *diskClone})
+	fwds = forward.New(forward.Deps{Log: log, VMs: forwardVMs{vms}})
+	// Shutdown begins: every forward's listener goes at once, so a
+	// foreground `vm forward` does not hold the daemon for its grace.
+	defer context.AfterFunc(ctx, fwds.Close)()
+	defer fwds.Close()
 	home, _ := os.UserHomeDir()
 	wss = workspace.New(workspace.Deps{Log: log, Store: st, VMs: vms, Runner: runner, Tmp: layout.Tmp(),
 		Home: home, SyncConfig: layout.SyncConfig()})
@@ -196,6 +207,8 @@ func run() error {
 		Doctor:   doc.Run,
 		Accel:    func() string { return string(drv.Accel) },
 		Shutdown: stop,
+		Ops:      vmop.New(time.Now),
+		Forwards: fwds,
 	})
 	ln, err := rpc.Listen(layout.Socket())
 	if err != nil {

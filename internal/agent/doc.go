@@ -36,10 +36,12 @@
 // 256 KiB, end-of-input is empty.
 //
 //	'Q' request  host→agent  JSON request; the first frame of every stream
-//	'I' input    host→agent  exec stdin, put tar stream
+//	'I' input    host→agent  exec stdin, put tar stream, dial bytes
 //	'e' in-EOF   host→agent  end of input (always sent; a stream that ends
-//	                         without it was aborted by the host)
-//	'O' output   agent→host  exec stdout, get tar stream, ports JSON
+//	                         without it was aborted by the host; dial: one
+//	                         the host closes before 'R' or 'X')
+//	'S' started  agent→host  exec: the process runs; dial: connected
+//	'O' output   agent→host  exec stdout, get tar stream, ports JSON, dial bytes
 //	'E' stderr   agent→host  exec stderr
 //	'R' result   agent→host  JSON result; the last frame of a success
 //	'X' error    agent→host  JSON error message; the last frame of a failure
@@ -53,10 +55,13 @@
 //
 // Operations (the "op" of the request): info, exec, ctl, put, get, stats,
 // ports, shutdown, identity (1.1: re-identify a guest restored from a
-// snapshot; identity.go), and the sessions' session_start, session_list,
-// session_logs, session_attach (input frames are typed into the session's
-// terminal, end-of-input detaches), session_send, session_kill and
-// session_resize (session_linux.go). An error frame of a session operation
+// snapshot; identity.go), dial (1.2: one TCP connection to a port on the
+// guest's loopback for `vm forward`: 'S' once connected or 'X' naming why
+// not, then 'I'/'e' one way and 'O' then 'R' (EOF) or 'X' (reset) the other,
+// each direction ending on its own; forward.go), and the sessions'
+// session_start, session_list, session_logs, session_attach (input frames
+// are typed into the session's terminal, end-of-input detaches),
+// session_send, session_kill and session_resize (session_linux.go). An error frame of a session operation
 // may carry a code (not_found, exists, ended, invalid) the client maps to
 // ErrSession*.
 package agent

@@ -63,6 +63,10 @@ type frameReader struct {
 	r   io.Reader
 	hdr [frameHeader]byte
 	buf []byte
+	// alloc, when set, is the buffer allocated for a frame of at most that
+	// many bytes instead of the type's limit (dial streams: many of them,
+	// small frames).
+	alloc int
 }
 
 func newFrameReader(r io.Reader) *frameReader { return &frameReader{r: r} }
@@ -84,7 +88,11 @@ func (fr *frameReader) next() (byte, []byte, error) {
 	if cap(fr.buf) < int(n) {
 		// One allocation at the type's limit, so a stream of growing frames
 		// does not reallocate each time.
-		fr.buf = make([]byte, limit)
+		size := limit
+		if fr.alloc > 0 && int(n) <= fr.alloc {
+			size = fr.alloc
+		}
+		fr.buf = make([]byte, size)
 	}
 	p := fr.buf[:n]
 	if _, err := io.ReadFull(fr.r, p); err != nil {
@@ -164,6 +172,7 @@ type request struct {
 	Signal  string      `json:"signal,omitempty"`  // ctl
 	Resize  *Winsize    `json:"resize,omitempty"`  // ctl
 	Kill    bool        `json:"kill,omitempty"`    // ctl
+	Port    int         `json:"port,omitempty"`    // dial (forward.go)
 	Session *sessionReq `json:"session,omitempty"` // session_* (session.go)
 
 	Identity *Identity `json:"identity,omitempty"` // identity (identity.go)
@@ -180,6 +189,7 @@ const (
 	opShutdown = "shutdown"
 	opCtl      = "ctl"
 	opIdentity = "identity"
+	opDial     = "dial"
 
 	opSessionStart  = "session_start"
 	opSessionList   = "session_list"

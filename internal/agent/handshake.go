@@ -23,7 +23,7 @@ import (
 // operations or JSON fields an older peer ignores.
 const (
 	ProtoMajor = 1
-	ProtoMinor = 1 // 1.1: identity
+	ProtoMinor = 2 // 1.1: identity; 1.2: dial
 )
 
 const (

@@ -111,7 +111,7 @@ func (s *Server) serveStream(ctx context.Context, sess *session, st *yamux.Strea
 		_ = fw.writeJSON(frameError, errorMsg{Message: "bad request: " + err.Error()})
 		return
 	}
-	if req.Op != opExec && req.Op != opPut && req.Op != opSessionAttach && req.Op != opSessionSend && req.Op != opSessionLogs {
+	if req.Op != opExec && req.Op != opPut && req.Op != opDial && req.Op != opSessionAttach && req.Op != opSessionSend && req.Op != opSessionLogs {
 		// Operations without input: a host that closes its end aborts them
 		// (a Get stuck on a full window must not wait for the close timeout).
 		go func() {
@@ -140,6 +140,8 @@ func (s *Server) serveStream(ctx context.Context, sess *session, st *yamux.Strea
 		return
 	case opIdentity:
 		err = s.reidentify(ctx, req.Identity)
+	case opDial:
+		err = s.dial(ctx, req, fr, fw)
 	case opSessionStart:
 		res, err = s.sessionStart(ctx, req.Session)
 	case opSessionList:

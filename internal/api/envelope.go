@@ -1,6 +1,9 @@
 package api
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Version is the wire protocol version carried in every Request. A server
 // refuses any other version with CodeInvalid.
@@ -40,6 +43,9 @@ type Event struct {
 	// Current and Total give optional byte progress.
 	Current int64 `json:"current,omitempty"`
 	Total   int64 `json:"total,omitempty"`
+	// At is when the stage began, set on stages replayed to a client that
+	// attached later (vm.wait), so it can time them.
+	At time.Time `json:"at,omitzero"`
 }
 
 // Stream names used in Event.Stream.

@@ -51,6 +51,10 @@ type VM struct {
 	Dir           string    `json:"dir"`
 	CreatedAt     time.Time `json:"created_at"`
 	Idle
+	// Operation is the create/start/restart in progress, if any.
+	Operation *Operation `json:"operation,omitempty"`
+	// Forwards are the VM's port forwards (`vm forward`), oldest first.
+	Forwards []Forward `json:"forwards,omitempty"`
 }
 
 // VMMProc is how a running VMM process is confined (/proc/<pid>/status).
@@ -84,6 +88,9 @@ type CreateVMParams struct {
 	// Warm restores from the image's warm template (`image warm`) when one
 	// exists and the other parameters allow it; else the VM boots.
 	Warm bool `json:"warm,omitempty"`
+	// Detach: answer with OpStarted at once; the create runs on in the
+	// daemon and `vm.wait` follows it.
+	Detach bool `json:"detach,omitempty"`
 }
 
 type DeleteVMParams struct {

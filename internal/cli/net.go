@@ -16,8 +16,9 @@ import (
 func (a *app) vmSetCmd() *cobra.Command {
 	var nat, natPrivate, hostAccess bool
 	var vcpu, mem, idle int
+	var workDisk string
 	c := &cobra.Command{
-		Use:   "set NAME [--nat=true|false] [--nat-private=true|false] [--host-access=true|false] [--vcpu N] [--memory MiB] [--idle-timeout 30m|0]",
+		Use:   "set NAME [--nat=true|false] [--nat-private=true|false] [--host-access=true|false] [--vcpu N] [--memory MiB] [--work-disk SIZE] [--idle-timeout 30m|0]",
 		Short: "Change a stopped VM, applied at its next start (--idle-timeout alone: a running VM too, at once)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -37,6 +38,12 @@ func (a *app) vmSetCmd() *cobra.Command {
 			if cmd.Flags().Changed("memory") {
 				p.MemoryMiB = &mem
 			}
+			if cmd.Flags().Changed("work-disk") {
+				if workDisk == "" {
+					return fmt.Errorf("--work-disk needs a size such as 32G")
+				}
+				p.WorkDisk = workDisk
+			}
 			if cmd.Flags().Changed("idle-timeout") {
 				p.IdleTimeout = &idle
 			}
@@ -52,6 +59,7 @@ func (a *app) vmSetCmd() *cobra.Command {
 	c.Flags().BoolVar(&hostAccess, "host-access", false, "let the guest reach services on any host address, not just DNS")
 	c.Flags().IntVar(&vcpu, "vcpu", 0, "virtual CPUs")
 	c.Flags().IntVar(&mem, "memory", 0, "memory in MiB")
+	c.Flags().StringVar(&workDisk, "work-disk", "", "grow the work disk (mounted at /root) to SIZE, e.g. 32G; never shrinks")
 	c.Flags().Var(idleTimeoutFlag{&idle}, "idle-timeout", idleTimeoutUsage)
 	return c
 }
@@ -71,11 +79,11 @@ func (a *app) vmPortsCmd() *cobra.Command {
 				return a.printJSON(ports)
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "PROTO\tADDRESS\tPORT\tPROCESS\tURL")
+			fmt.Fprintln(tw, "PROTO\tADDRESS\tPORT\tPROCESS\tURL\tFORWARD")
 			for _, p := range ports {
 				// Address and process come from the guest's ss output.
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", termsafe.Field(p.Proto), termsafe.Field(p.Address), p.Port,
-					termsafe.Field(p.Process), termsafe.Field(p.URL))
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", termsafe.Field(p.Proto), termsafe.Field(p.Address), p.Port,
+					termsafe.Field(p.Process), termsafe.Field(p.URL), termsafe.Field(p.Forward))
 			}
 			return tw.Flush()
 		},

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/disk"
 	"github.com/banger-dev/banger/internal/rpc"
 )
 
@@ -30,8 +31,31 @@ func (f *fakeDaemon) set(ctx context.Context, c *rpc.Call) (any, error) {
 			*b.to = *b.set
 		}
 	}
+	if p.WorkDisk != "" {
+		n, err := disk.ParseSize(p.WorkDisk)
+		if err != nil {
+			return nil, err
+		}
+		v.WorkDiskBytes = n
+	}
 	f.vms[p.Name] = v
 	return v, nil
+}
+
+// --work-disk travels as the size the user wrote; an empty one is refused
+// before any call.
+func TestSetWorkDiskFlag(t *testing.T) {
+	f := newFakeDaemon(t)
+	if code, _, errs := run(t, f.dir, "", "vm", "create", "--name", "dev"); code != 0 {
+		t.Fatalf("create: exit %d stderr %q", code, errs)
+	}
+	code, out, errs := run(t, f.dir, "", "vm", "set", "dev", "--work-disk", "32G")
+	if code != 0 || !regexp.MustCompile(`(?m)^work disk:\s+32\.0 GiB$`).MatchString(out) {
+		t.Fatalf("set --work-disk 32G: exit %d stderr %q\n%s", code, errs, out)
+	}
+	if code, _, errs := run(t, f.dir, "", "vm", "set", "dev", "--work-disk", ""); code == 0 || !regexp.MustCompile(`needs a size`).MatchString(errs) {
+		t.Fatalf("set --work-disk '': exit %d stderr %q", code, errs)
+	}
 }
 
 // The network opt-ins travel from the flags of create, run and set, and

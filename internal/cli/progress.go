@@ -44,6 +44,14 @@ func (sv *stageView) event(ev api.Event) {
 		return
 	}
 	now := time.Now()
+	if !ev.At.IsZero() {
+		// A stage replayed to a client that attached later (vm wait):
+		// timed from when it began in the daemon (same host, same clock).
+		now = ev.At
+		if sv.last == "" && now.Before(sv.start) {
+			sv.start = now
+		}
+	}
 	if ev.Stage != sv.last && sv.last != "" && sv.bar == nil {
 		fmt.Fprintf(sv.w, "    %s done (%.1fs)\n", sv.last, now.Sub(sv.lastAt).Seconds())
 	}

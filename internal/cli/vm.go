@@ -16,12 +16,12 @@ import (
 func (a *app) vmCmd() *cobra.Command {
 	c := &cobra.Command{Use: "vm", Short: "Create, run and manage VMs"}
 	c.AddCommand(a.vmCreateCmd(), a.vmListCmd(), a.vmShowCmd(), a.vmLogsCmd(), a.vmSSHCmd(), a.vmExecCmd(), a.vmRunCmd(),
-		a.vmSimpleCmd("start", "Boot a stopped VM", api.MethodVMStart, true),
+		a.vmSimpleCmd("start", "Boot a stopped VM", api.MethodVMStart, true), a.vmWaitCmd(),
 		a.vmSimpleCmd("stop", "Sync and power off a VM (kill after ~2s if unreachable)", api.MethodVMStop, false),
 		a.vmSimpleCmd("restart", "Stop then start a VM", api.MethodVMRestart, true),
 		a.vmSimpleCmd("kill", "Kill a VM's VMM at once, without syncing", api.MethodVMKill, false),
 		a.vmDeleteCmd())
-	c.AddCommand(a.vmSetCmd(), a.vmPortsCmd(), a.vmStatsCmd())
+	c.AddCommand(a.vmSetCmd(), a.vmPortsCmd(), a.vmForwardCmd(), a.vmStatsCmd())
 	c.AddCommand(a.vmWorkspaceCmd(), a.vmSyncCmd())
 	c.AddCommand(a.vmSessionCmd())
 	c.AddCommand(a.vmPauseCmds()...)
@@ -63,6 +63,9 @@ func (a *app) vmCreateCmd() *cobra.Command {
 		Short: "Create a VM and boot it; returns when it answers SSH",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if p.Detach {
+				return a.callDetached(cmd, api.MethodVMCreate, p)
+			}
 			v, err := a.createVM(cmd, p)
 			if err != nil {
 				return err
@@ -71,6 +74,7 @@ func (a *app) vmCreateCmd() *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&p.Name, "name", "", "VM name (required)")
+	c.Flags().BoolVar(&p.Detach, "detach", false, "return the op id at once; the create runs on in the daemon (follow it with `vm wait NAME`)")
 	c.Flags().BoolVar(&p.NoStart, "no-start", false, "create the disks but do not boot")
 	c.Flags().StringVar(&p.From, "from", "", "restore this snapshot instead of booting (vm snapshot, snapshot list)")
 	_ = c.MarkFlagRequired("name")
@@ -135,6 +139,10 @@ func (a *app) renderVM(v api.VM) error {
 	if v.LastError != "" {
 		rows = append(rows, [2]string{"last error", v.LastError})
 	}
+	if op := v.Operation; op != nil {
+		rows = append(rows, [2]string{"operation", operationText(*op, time.Now())})
+	}
+	rows = append(rows, forwardRows(v)...)
 	for _, r := range rows {
 		// last error may quote the guest's console
 		fmt.Fprintf(tw, "%s:\t%s\n", r[0], termsafe.Field(r[1]))
@@ -199,10 +207,20 @@ sequences and control characters are removed before they reach the terminal;
 }
 
 // vmSimpleCmd covers start/stop/restart/kill: one name in, the VM out.
+// Those with stages (start, restart) can also be detached.
 func (a *app) vmSimpleCmd(use, short, method string, stages bool) *cobra.Command {
-	return &cobra.Command{
+	var detach bool
+	c := &cobra.Command{
 		Use: use + " NAME", Short: short, Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var params any = api.NameParams{Name: args[0]}
+			if stages {
+				p := api.StartVMParams{Name: args[0], Detach: detach}
+				if detach {
+					return a.callDetached(cmd, method, p)
+				}
+				params = p
+			}
 			var v api.VM
 			var opts []rpc.CallOption
 			var sv *stageView
@@ -210,7 +228,7 @@ func (a *app) vmSimpleCmd(use, short, method string, stages bool) *cobra.Command
 				sv = a.newStageView(use + " " + args[0])
 				opts = append(opts, rpc.WithEvents(sv.event))
 			}
-			if err := a.call(cmd.Context(), method, api.NameParams{Name: args[0]}, &v, opts...); err != nil {
+			if err := a.call(cmd.Context(), method, params, &v, opts...); err != nil {
 				return err
 			}
 			if sv != nil {
@@ -223,6 +241,10 @@ func (a *app) vmSimpleCmd(use, short, method string, stages bool) *cobra.Command
 			return nil
 		},
 	}
+	if stages {
+		c.Flags().BoolVar(&detach, "detach", false, "return the op id at once; the "+use+" runs on in the daemon (follow it with `vm wait NAME`)")
+	}
+	return c
 }
 
 func (a *app) vmDeleteCmd() *cobra.Command {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/forward"
 	"github.com/banger-dev/banger/internal/guest"
 	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/kernel"
@@ -21,6 +22,7 @@ import (
 	"github.com/banger-dev/banger/internal/rpc"
 	"github.com/banger-dev/banger/internal/store"
 	"github.com/banger-dev/banger/internal/vm"
+	"github.com/banger-dev/banger/internal/vmop"
 	"github.com/banger-dev/banger/internal/workspace"
 )
 
@@ -40,17 +42,27 @@ type Deps struct {
 	Shutdown func() // asks the daemon to exit
 	// Workspaces serves workspace.* and vm.sync (see workspace.go); optional.
 	Workspaces *workspace.Service
+	// Ops holds the create/start/restart in progress per VM (vmop.go); nil:
+	// a tracker of the daemon's own.
+	Ops *vmop.Tracker
+	// Forwards serves vm.forward and vm.forward_stop (forward.go); nil: the
+	// methods are refused.
+	Forwards *forward.Manager
 }
 
 // Daemon is the RPC front.
 type Daemon struct {
 	d       Deps
+	ops     *vmop.Tracker
 	started time.Time
 }
 
 // Register installs every method on srv.
 func Register(srv *rpc.Server, d Deps) *Daemon {
-	dm := &Daemon{d: d, started: time.Now()}
+	dm := &Daemon{d: d, ops: d.Ops, started: time.Now()}
+	if dm.ops == nil {
+		dm.ops = vmop.New(time.Now)
+	}
 	srv.Handle(api.MethodVMCreate, dm.vmCreate)
 	srv.Handle(api.MethodVMList, dm.vmList)
 	srv.Handle(api.MethodVMShow, dm.vmShow)
@@ -62,6 +74,7 @@ func Register(srv *rpc.Server, d Deps) *Daemon {
 	srv.Handle(api.MethodVMExec, dm.vmExec)
 	srv.Handle(api.MethodVMLogs, dm.vmLogs)
 	srv.Handle(api.MethodVMSSHInfo, dm.vmSSHInfo)
+	srv.Handle(api.MethodVMWait, dm.vmWait)
 	srv.Handle(api.MethodKernelImport, dm.kernelImport)
 	srv.Handle(api.MethodKernelList, dm.kernelList)
 	srv.Handle(api.MethodKernelRm, dm.kernelRm)
@@ -78,6 +91,7 @@ func Register(srv *rpc.Server, d Deps) *Daemon {
 	dm.registerSession(srv)
 	dm.registerStats(srv)
 	dm.registerSnapshot(srv)
+	dm.registerForward(srv)
 	return dm
 }
 
@@ -117,13 +131,14 @@ func (dm *Daemon) vmCreate(ctx context.Context, c *rpc.Call) (any, error) {
 	if err := c.Decode(&p); err != nil {
 		return nil, err
 	}
-	v, err := detached(ctx, c, func(ctx context.Context, pr vm.Progress) (store.VM, error) {
+	// An existing VM's latest operation is not replaced by a create that
+	// can only fail.
+	if _, err := dm.d.VMs.Get(ctx, p.Name); err == nil {
+		return nil, fmt.Errorf("vm %q: %w", p.Name, api.ErrExists)
+	}
+	return dm.vmOp(ctx, c, vmop.KindCreate, p.Name, p.Detach, func(ctx context.Context, pr vm.Progress) (store.VM, error) {
 		return dm.d.VMs.Create(ctx, p, pr)
 	})
-	if err != nil {
-		return nil, err
-	}
-	return dm.d.VMs.View(v), nil
 }
 
 func (dm *Daemon) vmList(ctx context.Context, c *rpc.Call) (any, error) {
@@ -133,7 +148,7 @@ func (dm *Daemon) vmList(ctx context.Context, c *rpc.Call) (any, error) {
 	}
 	out := make([]api.VM, 0, len(vms))
 	for _, v := range vms {
-		out = append(out, dm.d.VMs.View(v))
+		out = append(out, dm.viewVM(v))
 	}
 	return out, nil
 }
@@ -158,35 +173,34 @@ func (dm *Daemon) vmShow(ctx context.Context, c *rpc.Call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return dm.d.VMs.View(v), nil
+	return dm.viewVM(v), nil
 }
 
 func (dm *Daemon) vmStart(ctx context.Context, c *rpc.Call) (any, error) {
-	n, err := dm.name(c)
-	if err != nil {
-		return nil, err
-	}
-	v, err := detached(ctx, c, func(ctx context.Context, pr vm.Progress) (store.VM, error) {
-		return dm.d.VMs.Start(ctx, n, pr)
-	})
-	if err != nil {
-		return nil, err
-	}
-	return dm.d.VMs.View(v), nil
+	return dm.vmStartOp(ctx, c, vmop.KindStart, dm.d.VMs.Start)
 }
 
 func (dm *Daemon) vmRestart(ctx context.Context, c *rpc.Call) (any, error) {
-	n, err := dm.name(c)
+	return dm.vmStartOp(ctx, c, vmop.KindRestart, dm.d.VMs.Restart)
+}
+
+// vmStartOp serves vm.start and vm.restart as operations on the VM's name.
+func (dm *Daemon) vmStartOp(ctx context.Context, c *rpc.Call, kind string,
+	start func(ctx context.Context, name string, pr vm.Progress) (store.VM, error)) (any, error) {
+	var p api.StartVMParams
+	if err := c.Decode(&p); err != nil {
+		return nil, err
+	}
+	if p.Name == "" {
+		return nil, fmt.Errorf("name is required: %w", api.ErrInvalid)
+	}
+	v, err := dm.d.VMs.Get(ctx, p.Name)
 	if err != nil {
 		return nil, err
 	}
-	v, err := detached(ctx, c, func(ctx context.Context, pr vm.Progress) (store.VM, error) {
-		return dm.d.VMs.Restart(ctx, n, pr)
+	return dm.vmOp(ctx, c, kind, v.Name, p.Detach, func(ctx context.Context, pr vm.Progress) (store.VM, error) {
+		return start(ctx, v.ID, pr)
 	})
-	if err != nil {
-		return nil, err
-	}
-	return dm.d.VMs.View(v), nil
 }
 
 func (dm *Daemon) vmStop(ctx context.Context, c *rpc.Call) (any, error) {
@@ -218,7 +232,15 @@ func (dm *Daemon) vmDelete(ctx context.Context, c *rpc.Call) (any, error) {
 	if err := c.Decode(&p); err != nil {
 		return nil, err
 	}
-	return nil, dm.d.VMs.Delete(context.WithoutCancel(ctx), p.Name, p.Force)
+	v, err := dm.d.VMs.Get(ctx, p.Name)
+	if err != nil {
+		return nil, err
+	}
+	if err := dm.d.VMs.Delete(context.WithoutCancel(ctx), v.ID, p.Force); err != nil {
+		return nil, err
+	}
+	dm.ops.Forget(v.Name) // its last outcome is no VM's any more
+	return nil, nil
 }
 
 func (dm *Daemon) vmLogs(ctx context.Context, c *rpc.Call) (any, error) {

@@ -6,6 +6,8 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/rpc"
+	"github.com/banger-dev/banger/internal/store"
+	"github.com/banger-dev/banger/internal/vm"
 )
 
 // registerNet installs the host-networking methods: vm.set, vm.ports.
@@ -22,7 +24,11 @@ func (dm *Daemon) vmSet(ctx context.Context, c *rpc.Call) (any, error) {
 	if p.Name == "" {
 		return nil, fmt.Errorf("name is required: %w", api.ErrInvalid)
 	}
-	v, err := dm.d.VMs.Set(context.WithoutCancel(ctx), p)
+	// Detached: growing a work disk copies it and may take a while; a
+	// client that hangs up does not undo it, a daemon shutdown does.
+	v, err := detached(ctx, c, func(ctx context.Context, _ vm.Progress) (store.VM, error) {
+		return dm.d.VMs.Set(ctx, p)
+	})
 	if err != nil {
 		return nil, err
 	}

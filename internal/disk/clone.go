@@ -42,10 +42,11 @@ func Clone(ctx context.Context, src, dst string) (Method, error) {
 	return m, err
 }
 
-// commit is the frame of Clone and Layer: src opened (a regular file), a
-// temporary file made next to dst, fill writes it (in: src, out and tmp: the
-// temporary file and its name), its mode set (perm 0: src's), synced and
-// renamed onto dst. On failure the temporary file is removed.
+// commit is the frame of Clone, Layer and GrowCopy (src == dst): src opened
+// (a regular file), a temporary file made next to dst, fill writes it (in:
+// src, out and tmp: the temporary file and its name), its mode set (perm 0:
+// src's), synced and renamed onto dst. On failure the temporary file is
+// removed.
 func commit(ctx context.Context, what, src, dst string, perm os.FileMode, fill func(in, out *os.File, tmp string, size int64) (Method, error)) (Method, error) {
 	in, err := os.Open(src)
 	if err != nil {
@@ -82,6 +83,9 @@ func commit(ctx context.Context, what, src, dst string, perm os.FileMode, fill f
 
 	method, err := fill(in, out, tmp, st.Size())
 	if err != nil {
+		if src == dst {
+			return "", fmt.Errorf("%s %s: %w", what, src, err)
+		}
 		return "", fmt.Errorf("%s %s to %s: %w", what, src, dst, err)
 	}
 	if err := out.Chmod(perm); err != nil {

@@ -56,6 +56,20 @@ func ParseSize(s string) (int64, error) {
 	return n * mult, nil
 }
 
+// FormatSize writes n the way ParseSize reads it, in the largest binary unit
+// that divides it exactly: 8G, 64M, 1536K, 1000.
+func FormatSize(n int64) string {
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"T", 1 << 40}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}} {
+		if n != 0 && n%u.mult == 0 {
+			return fmt.Sprintf("%d%s", n/u.mult, u.suffix)
+		}
+	}
+	return fmt.Sprint(n)
+}
+
 // Allocated is the space p takes on disk (st_blocks), 0 when it cannot be read.
 func Allocated(p string) int64 {
 	var st unix.Stat_t

@@ -145,6 +145,9 @@ func (s *Service) startWith(ctx context.Context, v *store.VM, bootTimeout time.D
 				err = s.killAndWait(h.PID)
 			}
 			s.setHandle(v.ID, nil)
+			if s.d.AfterStop != nil {
+				s.d.AfterStop(v.ID)
+			}
 			s.removeHandles(*v)
 			return errors.Join(err, s.removeLimits(*v))
 		}},
@@ -323,6 +326,9 @@ func (s *Service) teardown(ctx context.Context, v *store.VM, state, lastErr stri
 		errs = append(errs, err)
 	}
 	s.setHandle(v.ID, nil)
+	if s.d.AfterStop != nil {
+		s.d.AfterStop(v.ID)
+	}
 	s.removeHandles(*v)
 	s.removeMem(*v)
 	if err := s.removeLimits(*v); err != nil {
@@ -434,6 +440,9 @@ func (s *Service) monitor(id string, pid int) {
 			}
 		} else {
 			s.setHandle(id, nil)
+			if s.d.AfterStop != nil {
+				s.d.AfterStop(id)
+			}
 		}
 		unlock()
 		return

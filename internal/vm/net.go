@@ -178,8 +178,10 @@ func (s *Service) netPolicy(ctx context.Context, v store.VM) store.NetPolicy {
 	return p
 }
 
-// Set changes a stopped VM: network opt-ins, vCPUs, memory. Effective at
-// the next start.
+// Set changes a stopped VM: network opt-ins, vCPUs, memory (effective at
+// the next start) and the work disk's size (grown at once, workdisk.go).
+// Everything is validated before anything changes; the grow, the one step
+// that can fail part-way, runs before the row is written.
 func (s *Service) Set(ctx context.Context, p api.SetVMParams) (store.VM, error) {
 	v, err := s.Get(ctx, p.Name)
 	if err != nil {
@@ -190,9 +192,9 @@ func (s *Service) Set(ctx context.Context, p api.SetVMParams) (store.VM, error) 
 	if v, err = s.Get(ctx, v.ID); err != nil {
 		return store.VM{}, err
 	}
-	others := p.NAT != nil || p.NATPrivate != nil || p.HostAccess != nil || p.VCPU != nil || p.MemoryMiB != nil
+	others := p.NAT != nil || p.NATPrivate != nil || p.HostAccess != nil || p.VCPU != nil || p.MemoryMiB != nil || p.WorkDisk != ""
 	if !others && p.IdleTimeout == nil {
-		return v, fmt.Errorf("vm set %q: nothing to change (give --nat, --nat-private, --host-access, --vcpu, --memory or --idle-timeout): %w",
+		return v, fmt.Errorf("vm set %q: nothing to change (give --nat, --nat-private, --host-access, --vcpu, --memory, --work-disk or --idle-timeout): %w",
 			v.Name, api.ErrInvalid)
 	}
 	if p.IdleTimeout != nil {
@@ -234,12 +236,28 @@ func (s *Service) Set(ctx context.Context, p api.SetVMParams) (store.VM, error) 
 	if p.MemoryMiB != nil && (*p.MemoryMiB < 128 || *p.MemoryMiB > 64<<10) {
 		return v, fmt.Errorf("memory %d MiB: must be 128-65536: %w", *p.MemoryMiB, api.ErrInvalid)
 	}
-	if p.VCPU != nil || p.MemoryMiB != nil {
+	var workSize int64 // 0: unchanged
+	if p.WorkDisk != "" {
+		if workSize, err = s.checkWorkGrow(ctx, v, p.WorkDisk); err != nil {
+			return v, err
+		}
+	}
+	if workSize != 0 {
+		if err := s.growWork(ctx, v, workSize); err != nil {
+			return v, err
+		}
+		// A daemon killed here leaves the row's smaller size: the same
+		// set again finds the file already grown and just records it.
+	}
+	if p.VCPU != nil || p.MemoryMiB != nil || workSize != 0 {
 		if p.VCPU != nil {
 			v.VCPU = *p.VCPU
 		}
 		if p.MemoryMiB != nil {
 			v.MemoryMiB = *p.MemoryMiB
+		}
+		if workSize != 0 {
+			v.WorkDiskBytes = workSize
 		}
 		if err := s.d.Store.UpdateVM(ctx, &v); err != nil {
 			return v, err
@@ -255,7 +273,7 @@ func (s *Service) Set(ctx context.Context, p api.SetVMParams) (store.VM, error) 
 			return v, err
 		}
 	}
-	s.d.Log.InfoContext(ctx, "vm set", "vm", v.Name, "vcpu", v.VCPU, "memory_mib", v.MemoryMiB, "nat", pol.NAT,
+	s.d.Log.InfoContext(ctx, "vm set", "vm", v.Name, "vcpu", v.VCPU, "memory_mib", v.MemoryMiB, "work_disk_bytes", v.WorkDiskBytes, "nat", pol.NAT,
 		"nat_private", pol.NATPrivate, "host_access", pol.HostAccess)
 	return v, nil
 }
@@ -323,12 +341,15 @@ func ParsePorts(ssOut, vmName string) []api.Port {
 		if len(f) > 6 {
 			p.Process = guest.Printable(processName(strings.Join(f[6:], " ")))
 		}
-		loop := false
-		if a, err := netip.ParseAddr(addr); err == nil && a.Unmap().IsLoopback() {
-			loop = true
+		loop, wild := false, false
+		if a, err := netip.ParseAddr(addr); err == nil {
+			loop, wild = a.Unmap().IsLoopback(), a.IsUnspecified()
 		}
 		if proto == "tcp" && !loop {
 			p.URL = fmt.Sprintf("http://%s.%s:%d", vmName, hostnet.DNSZone, port)
+		}
+		if proto == "tcp" && (loop || wild) {
+			p.Forward = ForwardHint(vmName, port)
 		}
 		key := fmt.Sprintf("%s|%s|%d", p.Proto, p.Address, p.Port)
 		if seen[key] {
@@ -347,6 +368,12 @@ func ParsePorts(ssOut, vmName string) []api.Port {
 		return ports[i].Address < ports[j].Address
 	})
 	return ports
+}
+
+// ForwardHint is the command that forwards a host port to a guest's TCP
+// port through its agent (`vm forward`).
+func ForwardHint(vmName string, port int) string {
+	return fmt.Sprintf("banger vm forward %s %d", vmName, port)
 }
 
 // processName extracts "sshd" from users:(("sshd",pid=1,fd=3)).

@@ -299,19 +299,21 @@ tcp   LISTEN 0      128              0.0.0.0:22        0.0.0.0:*    users:(("ssh
 tcp   LISTEN 0      128                 [::]:22           [::]:*    users:(("sshd",pid=210,fd=4))
 tcp   LISTEN 0      5              127.0.0.1:6060      0.0.0.0:*    users:(("python3",pid=400,fd=3))
 tcp   LISTEN 0      4096                   *:8080            *:*
+tcp   LISTEN 0      4096          172.30.0.5:9000      0.0.0.0:*
 garbage
 `
 	got := ParsePorts(out, "web")
 	var lines []string
 	for _, p := range got {
-		lines = append(lines, fmt.Sprintf("%s %s %d %s %s", p.Proto, p.Address, p.Port, p.Process, p.URL))
+		lines = append(lines, fmt.Sprintf("%s %s %d %s %s | %s", p.Proto, p.Address, p.Port, p.Process, p.URL, p.Forward))
 	}
 	want := strings.Join([]string{
-		"tcp 0.0.0.0 22 sshd http://web.vm:22",
-		"tcp :: 22 sshd http://web.vm:22",
-		"udp 127.0.0.53 53 systemd-resolve ",
-		"tcp 127.0.0.1 6060 python3 ",
-		"tcp 0.0.0.0 8080  http://web.vm:8080",
+		"tcp 0.0.0.0 22 sshd http://web.vm:22 | banger vm forward web 22",
+		"tcp :: 22 sshd http://web.vm:22 | banger vm forward web 22",
+		"udp 127.0.0.53 53 systemd-resolve  | ",
+		"tcp 127.0.0.1 6060 python3  | banger vm forward web 6060",
+		"tcp 0.0.0.0 8080  http://web.vm:8080 | banger vm forward web 8080",
+		"tcp 172.30.0.5 9000  http://web.vm:9000 | ",
 	}, "\n")
 	if g := strings.Join(lines, "\n"); g != want {
 		t.Fatalf("ports:\n%s\nwant:\n%s", g, want)

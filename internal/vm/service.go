@@ -131,6 +131,13 @@ type Deps struct {
 	// AfterStart runs after every successful boot (create, start, restart),
 	// best effort: it logs its own failures, the VM stays up (file sync).
 	AfterStart func(ctx context.Context, v store.VM)
+	// AfterStop runs in every teardown (stop, kill, delete, a VMM that
+	// died) once the VM no longer counts as running (Running is false): its
+	// port forwards end (internal/forward).
+	AfterStop func(id string)
+	// Forwards lists a VM's port forwards for View (internal/forward; nil:
+	// none).
+	Forwards func(id string) []api.Forward
 	// AfterStep, when set, runs after each create/start step that succeeded,
 	// with the step's name, and at "vmm_launch:started" (VMM running, row not
 	// yet updated). It is failure injection only (cmd/bangerd sets it
@@ -226,6 +233,9 @@ func (s *Service) View(v store.VM) api.VM {
 	pol := s.netPolicy(context.Background(), v)
 	out.NAT, out.NATPrivate, out.HostAccess = pol.NAT, pol.NATPrivate, pol.HostAccess
 	out.Idle = s.idleView(context.Background(), v)
+	if s.d.Forwards != nil {
+		out.Forwards = s.d.Forwards(v.ID)
+	}
 	if st, err := s.d.Store.SnapshotState(context.Background(), v.ID); err == nil {
 		out.Snapshot = st.OriginSnapshot
 		if sn, err := s.d.Store.GetSnapshot(context.Background(), st.OriginSnapshot); err == nil {

@@ -21,7 +21,8 @@ import (
 //	fork_s:              `vm fork` of a running 1 GiB VM (one child) to the child
 //	                     answering `vm exec -- true`; create_s is a cold
 //	                     `vm create` + the same exec, its baseline
-//	snapshot_s/_MiB:     `vm snapshot` of that running VM, time and size on disk
+//	snapshot_s/_MiB:     `vm snapshot` of that running VM, time and size on disk;
+//	                     snapshot_512M/2048M: the same of fresh 512 MiB / 2 GiB VMs
 //	pss4_forks/pss4_cold: summed PSS (MiB) of the VMMs of 4 forks vs 4 cold VMs,
 //	                     each after `vm exec -- true`; rss likewise
 //
@@ -46,7 +47,7 @@ func BenchmarkWarm(b *testing.B) {
 		}
 	}
 	b.Cleanup(func() {
-		cleanup(parent, "bf-1", "bf-2", "bf-3", "bf-4", "bc-1", "bc-2", "bc-3", "bc-4")
+		cleanup(parent, "bf-1", "bf-2", "bf-3", "bf-4", "bc-1", "bc-2", "bc-3", "bc-4", "bm-512", "bm-2048")
 		_, _ = E.banger("snapshot", "rm", "default-warm")
 	})
 	for i := 0; i < b.N; i++ {
@@ -87,6 +88,27 @@ func BenchmarkWarm(b *testing.B) {
 			mustB(b, "vm", "exec", "bc-1", "--", "true")
 			create = append(create, time.Since(t0).Seconds())
 			cleanup("bc-1")
+		}
+		// Snapshot time and size against guest memory (what a snapshot
+		// costs is the memory the guest touched, not its size).
+		for _, mem := range []int{512, 2048} {
+			name := fmt.Sprintf("bm-%d", mem)
+			mustB(b, "vm", "create", "--name", name, "--memory", strconv.Itoa(mem))
+			t0 := time.Now()
+			mustB(b, "vm", "snapshot", name, "--name", "bsnap-"+strconv.Itoa(mem))
+			b.ReportMetric(time.Since(t0).Seconds(), fmt.Sprintf("snapshot_%dM_s", mem))
+			var sv []struct {
+				Name      string
+				SizeBytes int64 `json:"size_bytes"`
+			}
+			_ = json.Unmarshal([]byte(bangerOutB(b, "snapshot", "list", "--json")), &sv)
+			for _, s := range sv {
+				if s.Name == "bsnap-"+strconv.Itoa(mem) {
+					b.ReportMetric(float64(s.SizeBytes)/(1<<20), fmt.Sprintf("snapshot_%dM_MiB", mem))
+				}
+			}
+			mustB(b, "snapshot", "rm", "bsnap-"+strconv.Itoa(mem))
+			cleanup(name)
 		}
 		// Host memory: 4 forks against 4 cold VMs.
 		mustB(b, "vm", "fork", parent, "--count", "4", "--name-prefix", "bf")
