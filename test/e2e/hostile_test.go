@@ -821,7 +821,10 @@ func diskUsage(dir string) int64 {
 func bigFiles(dir string, n int64) []string {
 	var out []string
 	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || strings.HasSuffix(p, ".ext4") || strings.HasSuffix(p, ".img") {
+		// Disks, and the guest RAM files of running VMs (vms/<id>/mem),
+		// are big by design.
+		if err != nil || d.IsDir() || strings.HasSuffix(p, ".ext4") || strings.HasSuffix(p, ".img") ||
+			(d.Name() == "mem" && filepath.Base(filepath.Dir(filepath.Dir(p))) == "vms") {
 			return nil
 		}
 		if fi, err := d.Info(); err == nil {

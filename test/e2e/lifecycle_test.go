@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -251,14 +252,15 @@ func TestVMMKilled(t *testing.T) {
 }
 
 // TestHostKeyMismatch: a guest presenting a key other than the pinned one is
-// refused as a possible MITM on every SSH use. Readiness comes from the
-// guest agent (not on the network), so the VM starts; with a daemon that
-// reaches guests only over SSH the start itself fails.
+// refused as a possible MITM on every SSH use; with a daemon that reaches
+// guests only over SSH the start itself fails.
 func TestHostKeyMismatch(t *testing.T) {
 	deleteOnCleanup(t, "mitm")
-	must(t, "vm", "create", "--name", "mitm", "--no-start")
+	must(t, "vm", "create", "--name", "mitm")
 	v := showVM(t, "mitm")
-	// Replace the key the guest will present; the pin still holds the original.
+	// Swap the key the guest presents (through the agent, not over SSH),
+	// and the one its seed gives it at the next boot; the pin still holds
+	// the original.
 	key := filepath.Join(v.Dir, "ssh_host_ed25519_key")
 	priv, pub, err := guest.NewHostKey()
 	if err != nil {
@@ -270,7 +272,14 @@ func TestHostKeyMismatch(t *testing.T) {
 	if err := os.WriteFile(key+".pub", ssh.MarshalAuthorizedKey(pub), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	must(t, "vm", "start", "mitm")
+	swap := E.cmd("vm", "exec", "mitm", "--via", "agent", "--",
+		"umask 077 && cat > /etc/ssh/k.new && mv /etc/ssh/k.new /etc/ssh/ssh_host_ed25519_key && rm -f /etc/ssh/ssh_host_ed25519_key.pub && kill -HUP $(cat /run/sshd.pid)")
+	swap.Stdin = bytes.NewReader(priv)
+	if out, err := swap.CombinedOutput(); err != nil {
+		t.Fatalf("swap the guest's host key: %v\n%s", err, out)
+	}
+	// A new daemon: no kept SSH connection made with the old key.
+	must(t, "daemon", "stop")
 	for _, args := range [][]string{
 		{"vm", "ssh", "mitm", "--", "true"},
 		{"vm", "exec", "mitm", "--via", "ssh", "--", "true"},
