@@ -33,7 +33,9 @@ import (
 	"github.com/banger-dev/banger/internal/store"
 	"github.com/banger-dev/banger/internal/system"
 	"github.com/banger-dev/banger/internal/vm"
+	"github.com/banger-dev/banger/internal/vmm"
 	"github.com/banger-dev/banger/internal/vmm/cgroup"
+	"github.com/banger-dev/banger/internal/vmm/firecracker"
 	"github.com/banger-dev/banger/internal/vmm/qemu"
 	"github.com/banger-dev/banger/internal/vmop"
 	"github.com/banger-dev/banger/internal/workspace"
@@ -62,6 +64,8 @@ func run() error {
 	bridge := flag.String("bridge", envOr("BANGER_BRIDGE", "banger0"), "bridge name (env BANGER_BRIDGE)")
 	subnet := flag.String("subnet", envOr("BANGER_SUBNET", "172.30.0.0/24"), "guest subnet (env BANGER_SUBNET)")
 	accel := flag.String("accel", envOr("BANGER_ACCEL", ""), "force the QEMU accelerator: kvm or tcg (env BANGER_ACCEL; default: probe)")
+	vmmName := flag.String("vmm", envOr("BANGER_VMM", "qemu"),
+		"the VMM new VMs run under unless `vm create --vmm` says otherwise: qemu or firecracker (env BANGER_VMM; existing VMs keep theirs)")
 	debug := flag.Bool("debug", os.Getenv("BANGER_DEBUG") != "", "debug logging")
 	helper := flag.String("helper", os.Getenv("BANGER_HELPER"),
 		"privileged helper socket (env BANGER_HELPER; default: in-process when running as root, else "+privileged.DefaultSocket+")")
@@ -132,6 +136,24 @@ func run() error {
 
 	runner := system.Exec{}
 	drv := qemu.New(runner, log)
+	// Firecracker is offered whatever the default; a host without it
+	// refuses `vm create --vmm firecracker` with why (doctor says so too).
+	fc := firecracker.New(runner, log)
+	fc.KVM = drv.ProbeKVM // the same probe: a PVM host's /dev/kvm runs no ordinary guest
+	fc.KernelConfig = func(path string) (map[string]string, error) {
+		cfg, _, err := kernel.ReadConfig(path)
+		return cfg, err
+	}
+	drivers := []vmm.Driver{drv, fc}
+	var defaultDrv vmm.Driver
+	for _, d := range drivers {
+		if d.Name() == *vmmName {
+			defaultDrv = d
+		}
+	}
+	if defaultDrv == nil {
+		return fmt.Errorf("--vmm %q: want qemu or firecracker", *vmmName)
+	}
 	switch *accel {
 	case "":
 		a, why := drv.ProbeAccel(ctx)
@@ -172,7 +194,12 @@ func run() error {
 	if !vm.ValidDiskClone(*diskClone) {
 		return fmt.Errorf("--disk-clone %q: want auto or copy", *diskClone)
 	}
-	vms := vm.New(vm.Deps{Log: log, Layout: layout, Store: st, Runner: runner, Driver: drv, Net: priv,
+	if defaultDrv == fc {
+		if err := fc.CheckHost(ctx).Err(fc.Name()); err != nil {
+			log.Warn("the default vmm cannot run vms on this host; creates will be refused until it can", "err", err)
+		}
+	}
+	vms := vm.New(vm.Deps{Log: log, Layout: layout, Store: st, Runner: runner, Driver: defaultDrv, Drivers: drivers, Net: priv,
 		Subnet: netCfg.Subnet, Gateway: netCfg.Gateway(),
 		Guest: guests, KnownHosts: kh, ClientKey: signer.PublicKey(), UID: os.Getuid(), GID: os.Getgid(),
 		Firewall:   priv,
@@ -195,8 +222,9 @@ func run() error {
 		log.Warn("banger-agent not found next to bangerd or on PATH; kernel import and image build will fail", "err", err)
 	}
 	doc := &doctor.Checker{Runner: runner, Layout: layout, Store: st, LookPath: system.LookPath,
-		Accel:      func(ctx context.Context) (string, string) { a, why := drv.ProbeAccel(ctx); return string(a), why },
-		Privileged: func(ctx context.Context) (bool, string) { return privilegedStatus(ctx, priv) }}
+		Accel:       func(ctx context.Context) (string, string) { a, why := drv.ProbeAccel(ctx); return string(a), why },
+		Privileged:  func(ctx context.Context) (bool, string) { return privilegedStatus(ctx, priv) },
+		Firecracker: fc, DefaultVMM: defaultDrv.Name()}
 
 	srv := rpc.NewServer(log, os.Getuid())
 	srv.ShutdownGrace = *grace

@@ -41,6 +41,7 @@ type VM struct {
 	MAC           string    `json:"mac"`
 	Tap           string    `json:"tap"`
 	PID           int       `json:"pid,omitempty"`
+	Driver        string    `json:"driver"`        // the VMM that runs it: "qemu" or "firecracker" (vm create --vmm)
 	VMM           *VMMProc  `json:"vmm,omitempty"` // the running VMM's confinement, from /proc
 	NAT           bool      `json:"nat"`
 	NATPrivate    bool      `json:"nat_private"` // with nat: private ranges beyond the host too
@@ -91,6 +92,10 @@ type CreateVMParams struct {
 	// Detach: answer with OpStarted at once; the create runs on in the
 	// daemon and `vm.wait` follows it.
 	Detach bool `json:"detach,omitempty"`
+	// VMM runs the VM under this driver ("qemu", "firecracker"); empty:
+	// the daemon's default (bangerd --vmm). A restore runs under the
+	// snapshot's.
+	VMM string `json:"vmm,omitempty"`
 }
 
 type DeleteVMParams struct {
@@ -144,6 +149,9 @@ type KernelImportParams struct {
 	Vmlinux string `json:"vmlinux,omitempty"`
 	Initrd  string `json:"initrd,omitempty"`
 	Modules string `json:"modules,omitempty"`
+	// Config is the kernel's build configuration (.config), kept with it so
+	// doctor and vm create can tell what it has built in.
+	Config string `json:"config,omitempty"`
 }
 
 type Kernel struct {
@@ -205,9 +213,51 @@ type DoctorCheck struct {
 	Name   string `json:"name"`
 	OK     bool   `json:"ok"`
 	Detail string `json:"detail"`
+	// Optional: a failure does not stop banger's default use of this host
+	// (a VMM it is not told to use by default); shown, not counted.
+	Optional bool `json:"optional,omitempty"`
+}
+
+// Mark is how a check is shown: "ok", "FAIL", or "no" for an optional one
+// that failed (it does not count against the host).
+func (c DoctorCheck) Mark() string {
+	switch {
+	case c.OK:
+		return "ok"
+	case c.Optional:
+		return "no"
+	}
+	return "FAIL"
 }
 
 type DoctorResult struct {
 	Checks []DoctorCheck `json:"checks"`
 	Accel  string        `json:"accel"`
+	// VMM is the daemon's default VMM (bangerd --vmm).
+	VMM string `json:"vmm,omitempty"`
+	// Firecracker is whether `vm create --vmm firecracker` can work here.
+	Firecracker *DoctorVMM `json:"firecracker,omitempty"`
+}
+
+// DoctorVMM is whether a VMM other than QEMU can run VMs on this host.
+type DoctorVMM struct {
+	// Available: the VMM can run a VM here with at least one imported kernel.
+	Available bool   `json:"available"`
+	Binary    string `json:"binary,omitempty"`  // its path; "" when missing
+	Version   string `json:"version,omitempty"` // e.g. "1.16.1"
+	// Reason says why it is not available (every problem, "; "-joined).
+	Reason string `json:"reason,omitempty"`
+	// Problems are what stops it on this host, kernels aside.
+	Problems []string `json:"problems,omitempty"`
+	// Kernels is each imported kernel's fitness for it.
+	Kernels []DoctorKernel `json:"kernels,omitempty"`
+}
+
+// DoctorKernel is one imported kernel checked for a VMM: OK when it can
+// boot it, Known false when its build configuration is not known.
+type DoctorKernel struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Known  bool   `json:"known"`
+	Detail string `json:"detail"`
 }

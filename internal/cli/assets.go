@@ -17,11 +17,11 @@ func (a *app) kernelCmd() *cobra.Command {
 	c := &cobra.Command{Use: "kernel", Short: "Import and manage guest kernels"}
 	var p api.KernelImportParams
 	imp := &cobra.Command{
-		Use:   "import (--debian | --deb FILE.deb | --vmlinux FILE [--initrd FILE | --modules DIR]) [--name NAME]",
+		Use:   "import (--debian | --deb FILE.deb | --vmlinux FILE [--initrd FILE | --modules DIR] [--config FILE]) [--name NAME]",
 		Short: "Import a Debian cloud kernel and generate banger's initramfs",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			for _, f := range []*string{&p.Deb, &p.Vmlinux, &p.Initrd, &p.Modules} {
+			for _, f := range []*string{&p.Deb, &p.Vmlinux, &p.Initrd, &p.Modules, &p.Config} {
 				if *f != "" {
 					abs, err := filepath.Abs(*f)
 					if err != nil {
@@ -49,6 +49,7 @@ func (a *app) kernelCmd() *cobra.Command {
 	imp.Flags().StringVar(&p.Vmlinux, "vmlinux", "", "import this kernel image (bzImage or vmlinux); needs --name")
 	imp.Flags().StringVar(&p.Initrd, "initrd", "", "with --vmlinux: use this initrd as is (it must follow banger's initramfs contract)")
 	imp.Flags().StringVar(&p.Modules, "modules", "", "with --vmlinux: lib/modules/<version> directory for banger's generated initramfs")
+	imp.Flags().StringVar(&p.Config, "config", "", "with --vmlinux: the kernel's build configuration (.config), kept so doctor and vm create --vmm can check it")
 	list := &cobra.Command{
 		Use: "list", Aliases: []string{"ls"}, Short: "List kernels", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -200,12 +201,10 @@ func (a *app) doctorCmd() *cobra.Command {
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 			bad := 0
 			for _, c := range r.Checks {
-				mark := "ok"
-				if !c.OK {
-					mark = "FAIL"
+				if c.Mark() == "FAIL" {
 					bad++
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", mark, c.Name, c.Detail)
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", c.Mark(), c.Name, termsafe.Field(c.Detail))
 			}
 			_ = tw.Flush()
 			if bad > 0 {

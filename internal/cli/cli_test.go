@@ -31,6 +31,7 @@ type fakeDaemon struct {
 	deletes []string
 	execs   []api.ExecParams
 	inputs  []api.Input // input frames of the last exec that read its stdin
+	doctor  api.DoctorResult
 }
 
 func newFakeDaemon(t *testing.T) *fakeDaemon {
@@ -44,6 +45,11 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 	srv.Handle(api.MethodVMDelete, f.delete)
 	srv.Handle(api.MethodVMExec, f.exec)
 	srv.Handle(api.MethodVMSet, f.set)
+	srv.Handle(api.MethodDoctor, func(ctx context.Context, c *rpc.Call) (any, error) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.doctor, nil
+	})
 	srv.Handle(api.MethodDaemonStatus, func(ctx context.Context, c *rpc.Call) (any, error) {
 		return api.DaemonStatus{PID: 42, UID: os.Getuid(), Version: "test", Accel: "tcg", StateDir: dir}, nil
 	})
@@ -119,8 +125,11 @@ func (f *fakeDaemon) create(ctx context.Context, c *rpc.Call) (any, error) {
 	}
 	c.Progress("clone", "")
 	c.Progress("boot", "waiting for ssh")
+	if p.VMM != "" && p.VMM != "qemu" {
+		return nil, fmt.Errorf("vmm %s cannot run vms on this host: %w", p.VMM, api.ErrNotFound)
+	}
 	v := api.VM{ID: "id-" + p.Name, Name: p.Name, State: "running", GuestIP: "172.30.0.9", Image: "default",
-		VCPU: 2, MemoryMiB: 1024, CreatedAt: time.Now(), NAT: p.NAT, NATPrivate: p.NATPrivate, HostAccess: p.HostAccess}
+		VCPU: 2, MemoryMiB: 1024, CreatedAt: time.Now(), NAT: p.NAT, NATPrivate: p.NATPrivate, HostAccess: p.HostAccess, Driver: "qemu"}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, dup := f.vms[p.Name]; dup {

@@ -43,6 +43,7 @@ func addCreateFlags(c *cobra.Command, p *api.CreateVMParams) {
 	c.Flags().BoolVar(&p.HostAccess, "host-access", false,
 		"let the guest reach services on any of the host's addresses (default: only the gateway's DNS)")
 	c.Flags().Var(idleTimeoutFlag{&p.IdleTimeout}, "idle-timeout", idleTimeoutUsage)
+	c.Flags().StringVar(&p.VMM, "vmm", "", "run the VM under this VMM: qemu or firecracker (default: the daemon's, bangerd --vmm; banger doctor says what this host can run)")
 }
 
 // createVM calls vm.create showing the stages as they happen.
@@ -123,7 +124,7 @@ func (a *app) renderVM(v api.VM) error {
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	rows := [][2]string{
 		{"name", v.Name}, {"id", v.ID}, {"state", v.State}, {"ip", v.GuestIP}, {"mac", v.MAC}, {"tap", v.Tap},
-		{"image", v.Image}, {"kernel", v.Kernel}, {"vcpu", fmt.Sprint(v.VCPU)}, {"memory", fmt.Sprintf("%d MiB", v.MemoryMiB)},
+		{"vmm", v.Driver}, {"image", v.Image}, {"kernel", v.Kernel}, {"vcpu", fmt.Sprint(v.VCPU)}, {"memory", fmt.Sprintf("%d MiB", v.MemoryMiB)},
 		{"disk", fmt.Sprintf("%s (%s)", human(v.DiskBytes), v.CloneMethod)}, {"work disk", human(v.WorkDiskBytes)},
 		{"dir", v.Dir}, {"created", v.CreatedAt.Format(time.RFC3339)},
 	}

@@ -342,6 +342,9 @@ func (dm *Daemon) kernelImport(ctx context.Context, c *rpc.Call) (any, error) {
 	if p.Vmlinux != "" {
 		return dm.kernelImportFiles(ctx, c, p)
 	}
+	if p.Config != "" {
+		return nil, fmt.Errorf("--config goes with --vmlinux (a kernel package carries its own): %w", api.ErrInvalid)
+	}
 	if p.Debian == (p.Deb != "") {
 		return nil, fmt.Errorf("give exactly one of --debian or --deb FILE: %w", api.ErrInvalid)
 	}

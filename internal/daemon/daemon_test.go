@@ -373,6 +373,11 @@ func TestNotFoundAndInvalid(t *testing.T) {
 			t.Errorf("kernel.import %+v: %v", p, err)
 		}
 	}
+	// A package carries its own build configuration.
+	if err := e.call(t, api.MethodKernelImport, api.KernelImportParams{Deb: "/tmp/x.deb", Config: "/tmp/.config"}, nil); err == nil ||
+		!strings.Contains(err.Error(), "--config goes with --vmlinux") {
+		t.Errorf("kernel.import --deb --config: %v", err)
+	}
 	var ks []api.Kernel
 	if err := e.call(t, api.MethodKernelList, nil, &ks); err != nil || len(ks) != 0 {
 		t.Errorf("refused calls left kernels: %v %+v", err, ks)

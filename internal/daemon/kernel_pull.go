@@ -50,7 +50,7 @@ func (dm *Daemon) kernelImportFiles(ctx context.Context, c *rpc.Call, p api.Kern
 		return nil, fmt.Errorf("kernel %q: %w", name, api.ErrExists)
 	}
 	return detached(ctx, c, func(ctx context.Context, pr vm.Progress) (api.Kernel, error) {
-		info, err := dm.d.Kernels.ImportFiles(ctx, name, kernel.FilesSpec{Kernel: p.Vmlinux, Initrd: p.Initrd, Modules: p.Modules},
+		info, err := dm.d.Kernels.ImportFiles(ctx, name, kernel.FilesSpec{Kernel: p.Vmlinux, Initrd: p.Initrd, Modules: p.Modules, Config: p.Config},
 			func(stage string) { pr(stage, "") })
 		if err != nil {
 			return api.Kernel{}, err

@@ -29,6 +29,12 @@ type Checker struct {
 	// Privileged says how root-only operations are done and whether that
 	// works now (in-process as root, or the helper answering).
 	Privileged func(ctx context.Context) (ok bool, detail string)
+	// Firecracker answers whether `vm create --vmm firecracker` can work
+	// here (nil: not checked).
+	Firecracker VMMHost
+	// DefaultVMM is the daemon's (bangerd --vmm): another VMM's checks are
+	// optional, they do not fail doctor.
+	DefaultVMM string
 }
 
 // Binaries banger execs, and what needs them.
@@ -77,8 +83,8 @@ func (c *Checker) Run(ctx context.Context) api.DoctorResult {
 	} else {
 		add("state dir", st.Mode().Perm() == 0o700, fmt.Sprintf("%s (%s)", c.Layout.Root, st.Mode().Perm()))
 	}
-	ks, err := c.Store.ListKernels(ctx)
-	if err != nil || len(ks) == 0 {
+	ks, kerr := c.Store.ListKernels(ctx)
+	if kerr != nil || len(ks) == 0 {
 		add("kernel", false, "none imported: run `banger kernel import --debian`")
 	} else {
 		names := make([]string, 0, len(ks))
@@ -99,6 +105,12 @@ func (c *Checker) Run(ctx context.Context) api.DoctorResult {
 		}
 		ok, detail := image.RootlessBuildReady(c.LookPath, "/etc/subuid", "/etc/subgid", name, uid)
 		add("image build as owner", ok, detail)
+	}
+	res.VMM = c.DefaultVMM
+	if c.Firecracker != nil {
+		fc, checks := vmmSection(ctx, c.Firecracker, ks, c.DefaultVMM == c.Firecracker.Name())
+		res.Firecracker = &fc
+		res.Checks = append(res.Checks, checks...)
 	}
 	return res
 }

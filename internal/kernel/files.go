@@ -29,6 +29,9 @@ type FilesSpec struct {
 	// initramfs takes the virtio modules from; empty for a kernel with
 	// virtio built in.
 	Modules string
+	// Config, when set, is the kernel's build configuration (.config),
+	// kept beside it so doctor and vm create can check what it has built in.
+	Config  string
 	Version string // default: from the bzImage header, else the Modules directory name
 	Source  string // recorded source; default "files:<kernel path>"
 }
@@ -51,7 +54,7 @@ func (i *Importer) ImportFiles(ctx context.Context, name string, spec FilesSpec,
 	if spec.Initrd != "" && spec.Modules != "" {
 		return Info{}, fmt.Errorf("kernel %q: give an initrd or a modules directory, not both: %w", name, api.ErrInvalid)
 	}
-	for _, f := range []string{spec.Kernel, spec.Initrd} {
+	for _, f := range []string{spec.Kernel, spec.Initrd, spec.Config} {
 		if f == "" {
 			continue
 		}
@@ -112,6 +115,12 @@ func (i *Importer) ImportFiles(ctx context.Context, name string, spec FilesSpec,
 		i.log().WarnContext(ctx, "no uncompressed vmlinux", "err", err)
 		hasVmlinux = false
 	}
+	if spec.Config != "" {
+		progress("config")
+		if err := storeConfig(spec.Config, out); err != nil {
+			return Info{}, fmt.Errorf("kernel %q: %w", name, err)
+		}
+	}
 	var mods []Module
 	if spec.Initrd != "" {
 		progress("initrd")
@@ -139,6 +148,9 @@ func (i *Importer) ImportFiles(ctx context.Context, name string, spec FilesSpec,
 	}
 	if hasVmlinux {
 		info.Vmlinux = filepath.Join(dest, VmlinuxFile)
+	}
+	if spec.Config != "" {
+		info.Config = filepath.Join(dest, paths.KernelConfig)
 	}
 	if err := writeMeta(out, info); err != nil {
 		return Info{}, err

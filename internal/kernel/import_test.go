@@ -137,6 +137,7 @@ func TestImportDeb(t *testing.T) {
 	sum := sha256.Sum256([]byte("BZIMAGE"))
 	want := Info{Name: "debian-6.1", Version: testVer, Source: "deb:" + filepath.Base(deb),
 		Kernel: filepath.Join(dir, paths.KernelFile), Initrd: filepath.Join(dir, paths.InitrdFile),
+		Config: filepath.Join(dir, paths.KernelConfig),
 		SHA256: hex.EncodeToString(sum[:]), Modules: wantMods, Imported: info.Imported}
 	if !reflect.DeepEqual(info, want) {
 		t.Errorf("info:\n got %+v\nwant %+v", info, want)
@@ -147,6 +148,10 @@ func TestImportDeb(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(info.Kernel); string(b) != "BZIMAGE" {
 		t.Errorf("kernel = %q", b)
+	}
+	// Debian's boot/config-<version> is kept beside the kernel.
+	if cfg, src, err := ReadConfig(info.Kernel); err != nil || src != info.Config || cfg["CONFIG_X"] != "y" {
+		t.Errorf("ReadConfig = %v, %q, %v", cfg, src, err)
 	}
 
 	// The initramfs: the agent as /init, the console node, the decompressed

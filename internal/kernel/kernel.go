@@ -66,6 +66,7 @@ type Info struct {
 	Kernel   string    `json:"kernel"`
 	Initrd   string    `json:"initrd"`
 	Vmlinux  string    `json:"vmlinux,omitempty"` // uncompressed ELF; empty when it could not be extracted
+	Config   string    `json:"config,omitempty"`  // build configuration (paths.KernelConfig); empty when not known
 	SHA256   string    `json:"sha256"`
 	Modules  []string  `json:"modules"`
 	Imported time.Time `json:"imported"`
@@ -183,6 +184,13 @@ func (i *Importer) ImportDeb(ctx context.Context, name, debPath string, progress
 		i.log().WarnContext(ctx, "no uncompressed vmlinux", "err", err)
 		hasVmlinux = false
 	}
+	// Debian ships the build configuration beside the kernel; it tells
+	// whether a VMM's needs are built in (doctor, vm create --vmm).
+	hasConfig := true
+	if err := storeConfig(filepath.Join(filepath.Dir(vmlinuz), "config-"+version), out); err != nil {
+		i.log().WarnContext(ctx, "kernel build configuration not kept", "err", err)
+		hasConfig = false
+	}
 
 	progress("modules")
 	mods, err := i.resolveModules(ctx, x, version, filepath.Join(tmp, "ko"))
@@ -211,6 +219,9 @@ func (i *Importer) ImportDeb(ctx context.Context, name, debPath string, progress
 	}
 	if hasVmlinux {
 		info.Vmlinux = filepath.Join(dest, VmlinuxFile)
+	}
+	if hasConfig {
+		info.Config = filepath.Join(dest, paths.KernelConfig)
 	}
 	if err := writeMeta(out, info); err != nil {
 		return Info{}, err

@@ -8,7 +8,7 @@
 //	<state>/ssh/id_ed25519            banger's client key
 //	<state>/ssh/known_hosts           pinned guest host keys (0600, dir 0700)
 //	<state>/ssh/config                OpenSSH `Host *.vm` block (banger ssh-config)
-//	<state>/kernels/<name>/           vmlinuz, initramfs.img, modules/, kernel.json
+//	<state>/kernels/<name>/           vmlinuz, vmlinux, initramfs.img, config, kernel.json
 //	<state>/images/<name>/            rootfs.ext4, image.json
 //	<state>/vms/<id>/                 root.ext4, work.ext4, seed.img, qmp.sock,
 //	                                  console.log, vmm.pid, handles.json
@@ -47,6 +47,7 @@ const (
 	InitrdFile    = "initramfs.img"
 	ModulesDir    = "modules"
 	KernelMeta    = "kernel.json"
+	KernelConfig  = "config" // the kernel's build configuration, when known (Debian's boot/config-*, kernel import --config)
 	RootfsFile    = "rootfs.ext4"
 	ImageMeta     = "image.json"
 	VMRootFile    = "root.ext4"

@@ -47,6 +47,10 @@ const (
 	FormatQcow2 = "qcow2"
 )
 
+// DefaultVMM is the VMM of rows that name none: those from before
+// migration 0009 and callers that do not say.
+const DefaultVMM = "qemu"
+
 // busyTimeout is how long a writer waits for another writer's lock.
 const busyTimeout = 10 * time.Second
 
@@ -67,7 +71,10 @@ type VM struct {
 	// RootBacking is the absolute path of the file a qcow2 root disk reads
 	// through (an image's rootfs.ext4), "" when the disk stands alone. That
 	// file must not change or go while the VM exists (ImageUsers).
-	RootBacking          string
+	RootBacking string
+	// VMM is the driver that runs the VM ("qemu", "firecracker"; "" is
+	// written as DefaultVMM), chosen at create (migration 0009).
+	VMM                  string
 	CreatedAt, UpdatedAt time.Time
 }
 
@@ -221,7 +228,7 @@ func notFound(kind, name string) error { return fmt.Errorf("%s %q: %w", kind, na
 // --- VMs ---
 
 const vmColumns = `id, name, image, kernel, vcpu, memory_mib, disk_bytes, work_disk_bytes,
-	guest_ip, mac, tap, state, last_error, clone_method, dir, created_at, updated_at, root_format, root_backing`
+	guest_ip, mac, tap, state, last_error, clone_method, dir, created_at, updated_at, root_format, root_backing, vmm`
 
 func validateVM(vm *VM) error {
 	switch {
@@ -231,6 +238,8 @@ func validateVM(vm *VM) error {
 		return fmt.Errorf("vm %q: %w: negative size", vm.Name, api.ErrInvalid)
 	case vm.RootFormat != "" && vm.RootFormat != FormatRaw && vm.RootFormat != FormatQcow2:
 		return fmt.Errorf("vm %q: %w: root disk format %q", vm.Name, api.ErrInvalid, vm.RootFormat)
+	case vm.VMM != "" && !vmmRE.MatchString(vm.VMM):
+		return fmt.Errorf("vm %q: %w: vmm %q", vm.Name, api.ErrInvalid, vm.VMM)
 	}
 	switch vm.State {
 	case StateCreating, StateRunning, StateStopped, StateError:
@@ -253,11 +262,12 @@ func (s *Store) CreateVM(ctx context.Context, vm *VM) error {
 	v.CreatedAt = s.stamp()
 	v.UpdatedAt = v.CreatedAt
 	v.RootFormat = rootFormat(v.RootFormat)
+	v.VMM = vmmName(v.VMM)
 	_, err := s.db.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		v.ID, v.Name, v.Image, v.Kernel, v.VCPU, v.MemoryMiB, v.DiskBytes, v.WorkDiskBytes,
 		v.GuestIP, v.MAC, v.Tap, v.State, v.LastError, v.CloneMethod, v.Dir,
-		v.CreatedAt.UnixNano(), v.UpdatedAt.UnixNano(), v.RootFormat, v.RootBacking)
+		v.CreatedAt.UnixNano(), v.UpdatedAt.UnixNano(), v.RootFormat, v.RootBacking, v.VMM)
 	if err != nil {
 		return conflictErr("vm", v.Name, err)
 	}
@@ -272,7 +282,7 @@ func scanVM(r scanner) (VM, error) {
 	var created, updated int64
 	err := r.Scan(&v.ID, &v.Name, &v.Image, &v.Kernel, &v.VCPU, &v.MemoryMiB, &v.DiskBytes, &v.WorkDiskBytes,
 		&v.GuestIP, &v.MAC, &v.Tap, &v.State, &v.LastError, &v.CloneMethod, &v.Dir, &created, &updated,
-		&v.RootFormat, &v.RootBacking)
+		&v.RootFormat, &v.RootBacking, &v.VMM)
 	v.CreatedAt, v.UpdatedAt = fromNanos(created), fromNanos(updated)
 	return v, err
 }
@@ -319,12 +329,12 @@ func (s *Store) UpdateVM(ctx context.Context, vm *VM) error {
 		return err
 	}
 	updated := s.stamp()
-	format := rootFormat(vm.RootFormat)
+	format, vmm := rootFormat(vm.RootFormat), vmmName(vm.VMM)
 	res, err := s.db.ExecContext(ctx, `UPDATE vms SET name = ?, image = ?, kernel = ?, vcpu = ?, memory_mib = ?,
 		disk_bytes = ?, work_disk_bytes = ?, guest_ip = ?, mac = ?, tap = ?, state = ?, last_error = ?,
-		clone_method = ?, dir = ?, root_format = ?, root_backing = ?, updated_at = ? WHERE id = ?`,
+		clone_method = ?, dir = ?, root_format = ?, root_backing = ?, vmm = ?, updated_at = ? WHERE id = ?`,
 		vm.Name, vm.Image, vm.Kernel, vm.VCPU, vm.MemoryMiB, vm.DiskBytes, vm.WorkDiskBytes,
-		vm.GuestIP, vm.MAC, vm.Tap, vm.State, vm.LastError, vm.CloneMethod, vm.Dir, format, vm.RootBacking,
+		vm.GuestIP, vm.MAC, vm.Tap, vm.State, vm.LastError, vm.CloneMethod, vm.Dir, format, vm.RootBacking, vmm,
 		updated.UnixNano(), vm.ID)
 	if err != nil {
 		return conflictErr("vm", vm.Name, err)
@@ -334,7 +344,7 @@ func (s *Store) UpdateVM(ctx context.Context, vm *VM) error {
 	} else if n == 0 {
 		return notFound("vm", vm.ID)
 	}
-	vm.UpdatedAt, vm.RootFormat = updated, format
+	vm.UpdatedAt, vm.RootFormat, vm.VMM = updated, format, vmm
 	return nil
 }
 

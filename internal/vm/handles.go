@@ -78,14 +78,15 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		if v.State != StateRunning && v.State != StateCreating && v.State != StateError {
 			continue
 		}
+		drv := s.driverFor(v)
 		spec, serr := s.spec(v)
 		pid, alive := 0, false
 		if serr == nil {
-			pid, alive = s.d.Driver.Find(spec)
+			pid, alive = drv.Find(spec)
 		}
 		if h, err := s.readHandles(v); err != nil && !errors.Is(err, os.ErrNotExist) {
 			s.d.Log.WarnContext(ctx, "ignoring handles file", "vm", v.Name, "err", err)
-		} else if h != nil && !alive && h.PID > 0 && s.d.Driver.Alive(h.PID) && serr == nil {
+		} else if h != nil && !alive && h.PID > 0 && drv.Alive(h.PID) && serr == nil {
 			// The pid file is gone but the scratch file names a live pid: only
 			// trust it if that process is this VM's VMM (Find checks cmdline).
 			s.d.Log.WarnContext(ctx, "handles pid alive but not matched to vm; ignoring", "vm", v.Name, "pid", h.PID)
@@ -96,10 +97,10 @@ func (s *Service) Reconcile(ctx context.Context) error {
 			if err := s.writeHandles(v, h); err != nil {
 				s.d.Log.WarnContext(ctx, "rewrite handles", "vm", v.Name, "err", err)
 			}
-			go s.monitor(v.ID, pid)
+			go s.monitor(v.ID, pid, drv)
 			// Copy the serial console again (the previous daemon's copy died
 			// with it); without it the VM runs on with no console log.
-			if c, ok := s.d.Driver.(consoleAttacher); ok {
+			if c, ok := drv.(consoleAttacher); ok {
 				if err := c.AttachConsole(spec); err != nil {
 					s.d.Log.WarnContext(ctx, "reattach console", "vm", v.Name, "err", err)
 				}
@@ -155,7 +156,7 @@ func (s *Service) removeLimits(v store.VM) error {
 // Running reports whether the VM's VMM is alive now.
 func (s *Service) Running(v store.VM) bool {
 	h := s.handle(v.ID)
-	return h != nil && s.d.Driver.Alive(h.PID)
+	return h != nil && s.driverFor(v).Alive(h.PID)
 }
 
 // Logs returns the tail of the VM's serial console (console.log and its

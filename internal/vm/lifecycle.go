@@ -26,7 +26,7 @@ func (s *Service) Start(ctx context.Context, name string, progress Progress) (st
 	if v, err = s.Get(ctx, v.ID); err != nil {
 		return store.VM{}, err
 	}
-	if h := s.handle(v.ID); h != nil && s.d.Driver.Alive(h.PID) {
+	if h := s.handle(v.ID); h != nil && s.driverFor(v).Alive(h.PID) {
 		return v, fmt.Errorf("vm %q is already running: %w", v.Name, api.ErrBusy)
 	}
 	if v.State == StateCreating {
@@ -47,8 +47,14 @@ func (s *Service) start(ctx context.Context, v *store.VM, bootTimeout time.Durat
 // of booting, and the guest agent re-identifies the guest before readiness.
 func (s *Service) startWith(ctx context.Context, v *store.VM, bootTimeout time.Duration, progress Progress, from *restoreFrom) error {
 	h := &Handles{Tap: v.Tap}
+	drv := s.driverFor(*v)
 	spec, err := s.spec(*v)
 	if err != nil {
+		return err
+	}
+	// A VMM that cannot run here (its binary gone, KVM unusable) is
+	// refused before the pipeline claims a TAP.
+	if err := s.checkHost(ctx, drv, v.Kernel, spec.Kernel); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -89,11 +95,11 @@ func (s *Service) startWith(ctx context.Context, v *store.VM, bootTimeout time.D
 			var pid int
 			if from != nil {
 				var sn vmm.Snapshotter
-				if sn, err = s.snapshotter(); err == nil {
+				if sn, err = snapshotter(drv); err == nil {
 					pid, err = sn.Restore(ctx, spec, s.d.Layout.Snapshot(from.snap.ID), from.meta)
 				}
 			} else {
-				pid, err = s.d.Driver.Start(ctx, spec)
+				pid, err = drv.Start(ctx, spec)
 			}
 			// The VMM holds its own copy now (or never will).
 			spec.TapFile = nil
@@ -128,7 +134,7 @@ func (s *Service) startWith(ctx context.Context, v *store.VM, bootTimeout time.D
 			if err := s.d.Store.UpdateVM(ctx, v); err != nil {
 				return err
 			}
-			go s.monitor(v.ID, pid)
+			go s.monitor(v.ID, pid, drv)
 			return nil
 		}, undo: func(ctx context.Context) error {
 			s.mu.Lock()
@@ -136,13 +142,13 @@ func (s *Service) startWith(ctx context.Context, v *store.VM, bootTimeout time.D
 			s.mu.Unlock()
 			s.d.Guest.Drop(v.ID)
 			if h.PID == 0 {
-				if pid, ok := s.d.Driver.Find(spec); ok {
+				if pid, ok := drv.Find(spec); ok {
 					h.PID = pid
 				}
 			}
 			var err error
 			if h.PID != 0 {
-				err = s.killAndWait(h.PID)
+				err = s.killAndWait(drv, h.PID)
 			}
 			s.setHandle(v.ID, nil)
 			if s.d.AfterStop != nil {
@@ -155,7 +161,7 @@ func (s *Service) startWith(ctx context.Context, v *store.VM, bootTimeout time.D
 			wctx, cancel := context.WithTimeout(ctx, bootTimeout)
 			defer cancel()
 			err := s.d.Guest.WaitReady(wctx, s.target(*v), 250*time.Millisecond)
-			if err != nil && !s.d.Driver.Alive(h.PID) {
+			if err != nil && !drv.Alive(h.PID) {
 				return fmt.Errorf("vmm exited during boot: %w\nconsole tail:\n%s", err, s.consoleTail(*v, 2048))
 			}
 			if err != nil && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
@@ -219,12 +225,12 @@ func (s *Service) consoleTail(v store.VM, n int64) string {
 
 // killAndWait SIGKILLs the VMM and waits (bounded) for it to disappear so
 // its disks and TAP are free for the next start.
-func (s *Service) killAndWait(pid int) error {
-	if err := s.d.Driver.Kill(pid); err != nil {
+func (s *Service) killAndWait(drv vmm.Driver, pid int) error {
+	if err := drv.Kill(pid); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for s.d.Driver.Alive(pid) {
+	for drv.Alive(pid) {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("vmm pid %d still alive after SIGKILL", pid)
 		}
@@ -255,7 +261,8 @@ func (s *Service) stop(ctx context.Context, name string, force bool, idle time.D
 		return v, fmt.Errorf("vm %q was used meanwhile; not stopped for idleness: %w", v.Name, api.ErrBusy)
 	}
 	h := s.handle(v.ID)
-	if h == nil || !s.d.Driver.Alive(h.PID) {
+	drv := s.driverFor(v)
+	if h == nil || !drv.Alive(h.PID) {
 		if v.State == StateRunning || v.State == StateError {
 			// Already dead: make sure nothing is left and record it.
 			err := s.teardown(ctx, &v, StateStopped, "")
@@ -268,7 +275,7 @@ func (s *Service) stop(ctx context.Context, name string, force bool, idle time.D
 	s.mu.Unlock()
 	if !force && s.paused(ctx, v) {
 		// A paused guest cannot sync or power off: let it run first.
-		if sn, err := s.snapshotter(); err == nil {
+		if sn, err := snapshotter(drv); err == nil {
 			if spec, err := s.spec(v); err == nil {
 				_ = sn.Resume(ctx, spec)
 			}
@@ -286,7 +293,7 @@ func (s *Service) stop(ctx context.Context, name string, force bool, idle time.D
 		} else {
 			// The guest has synced; give poweroff a moment, then kill regardless.
 			deadline := time.Now().Add(1500 * time.Millisecond)
-			for s.d.Driver.Alive(h.PID) && time.Now().Before(deadline) {
+			for drv.Alive(h.PID) && time.Now().Before(deadline) {
 				time.Sleep(50 * time.Millisecond)
 			}
 		}
@@ -304,17 +311,18 @@ func (s *Service) teardown(ctx context.Context, v *store.VM, state, lastErr stri
 	defer cancel()
 	var errs []error
 	s.d.Guest.Drop(v.ID)
+	drv := s.driverFor(*v)
 	h := s.handle(v.ID)
 	pid := 0
 	if h != nil {
 		pid = h.PID
 	} else if spec, err := s.spec(*v); err == nil {
-		if p, ok := s.d.Driver.Find(spec); ok {
+		if p, ok := drv.Find(spec); ok {
 			pid = p
 		}
 	}
-	if pid != 0 && s.d.Driver.Alive(pid) {
-		if err := s.killAndWait(pid); err != nil {
+	if pid != 0 && drv.Alive(pid) {
+		if err := s.killAndWait(drv, pid); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -373,7 +381,7 @@ func (s *Service) Delete(ctx context.Context, name string, force bool) error {
 	if v, err = s.Get(ctx, v.ID); err != nil {
 		return err
 	}
-	if h := s.handle(v.ID); h != nil && s.d.Driver.Alive(h.PID) {
+	if h := s.handle(v.ID); h != nil && s.driverFor(v).Alive(h.PID) {
 		if !force {
 			return fmt.Errorf("vm %q is running (stop it or use --force): %w", v.Name, api.ErrBusy)
 		}
@@ -407,15 +415,15 @@ func (s *Service) Delete(ctx context.Context, name string, force bool) error {
 }
 
 // monitor notices a VMM that died on its own (crash, kill -9, guest poweroff)
-// and tears down what it held.
-func (s *Service) monitor(id string, pid int) {
+// and tears down what it held; drv is the VM's driver.
+func (s *Service) monitor(id string, pid int, drv vmm.Driver) {
 	for {
 		time.Sleep(500 * time.Millisecond)
 		h := s.handle(id)
 		if h == nil || h.PID != pid {
 			return // stopped or restarted through the service
 		}
-		if s.d.Driver.Alive(pid) {
+		if drv.Alive(pid) {
 			continue
 		}
 		unlock := s.lock(id)

@@ -95,9 +95,9 @@ func (s *Service) reconcileNet(ctx context.Context) error {
 			continue // Reconcile's own teardown handled it
 		}
 		if spec, err := s.spec(v); err == nil {
-			if pid, alive := s.d.Driver.Find(spec); alive {
+			if pid, alive := s.driverFor(v).Find(spec); alive {
 				// A VMM launched just before the daemon died, row never updated.
-				if err := s.killAndWait(pid); err != nil {
+				if err := s.killAndWait(s.driverFor(v), pid); err != nil {
 					errs = append(errs, err)
 				}
 			}

@@ -37,7 +37,7 @@ const overlayDriver = "qemu"
 // a qcow2 overlay would need the guest to grow its file system itself.
 func (s *Service) makeRootDisk(ctx context.Context, v *store.VM, img store.Image) error {
 	grow := v.DiskBytes > img.SizeBytes
-	overlay := !grow && s.overlays()
+	overlay := !grow && s.overlays(v.VMM)
 	src, err := filepath.Abs(img.Path)
 	if err != nil {
 		return err

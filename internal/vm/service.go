@@ -118,7 +118,8 @@ type Deps struct {
 	Layout     paths.Layout
 	Store      *store.Store
 	Runner     system.Runner
-	Driver     vmm.Driver
+	Driver     vmm.Driver   // the VMM new VMs get unless they ask for another (bangerd --vmm)
+	Drivers    []vmm.Driver // the others a VM may ask for (vm create --vmm); each VM keeps its row's (drivers.go)
 	Net        Network
 	Subnet     netip.Prefix // guest addresses; the gateway is its first host
 	Gateway    netip.Addr
@@ -229,6 +230,7 @@ func (s *Service) View(v store.VM) api.VM {
 		ID: v.ID, Name: v.Name, State: v.State, Image: v.Image, Kernel: v.Kernel, VCPU: v.VCPU,
 		MemoryMiB: v.MemoryMiB, DiskBytes: v.DiskBytes, WorkDiskBytes: v.WorkDiskBytes, GuestIP: v.GuestIP,
 		MAC: v.MAC, Tap: v.Tap, CloneMethod: v.CloneMethod, LastError: v.LastError, Dir: v.Dir, CreatedAt: v.CreatedAt,
+		Driver: v.VMM,
 	}
 	pol := s.netPolicy(context.Background(), v)
 	out.NAT, out.NATPrivate, out.HostAccess = pol.NAT, pol.NATPrivate, pol.HostAccess
@@ -293,7 +295,16 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 		}
 		return s.createFrom(ctx, p, sn, progress)
 	}
-	if sn, ok := s.warmFor(ctx, p); ok {
+	drv, err := s.driverNamed(p.VMM)
+	if err != nil {
+		return store.VM{}, err
+	}
+	// Before anything exists: a VMM that cannot run here is refused with
+	// why (its kernel is checked once it is chosen, below).
+	if err := hostErr(ctx, drv); err != nil {
+		return store.VM{}, fmt.Errorf("vm %q: %w", p.Name, err)
+	}
+	if sn, ok := s.warmFor(ctx, p, drv); ok {
 		progress.stage("warm:" + sn.Name)
 		v, err := s.createFrom(ctx, p, sn, progress)
 		if !errors.Is(err, vmm.ErrSnapshotMismatch) {
@@ -320,7 +331,6 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 		p.Image = DefaultImage
 	}
 	var rootSize, workSize int64 = 0, DefaultWorkDisk
-	var err error
 	if p.Disk != "" {
 		if rootSize, err = disk.ParseSize(p.Disk); err != nil {
 			return store.VM{}, fmt.Errorf("--disk: %w", err)
@@ -349,10 +359,13 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 	if rootSize != 0 && rootSize < img.SizeBytes {
 		return store.VM{}, fmt.Errorf("disk %d bytes is smaller than image %q (%d bytes): %w", rootSize, img.Name, img.SizeBytes, api.ErrInvalid)
 	}
+	if err := s.checkKernel(ctx, drv, kern.Name, kern.Path); err != nil {
+		return store.VM{}, fmt.Errorf("vm %q: %w", p.Name, err)
+	}
 
 	v := store.VM{
 		Name: p.Name, Image: img.Name, Kernel: kern.Name, VCPU: p.VCPU, MemoryMiB: p.MemoryMiB,
-		DiskBytes: max(rootSize, img.SizeBytes), WorkDiskBytes: workSize,
+		DiskBytes: max(rootSize, img.SizeBytes), WorkDiskBytes: workSize, VMM: drv.Name(),
 	}
 	if err := s.insertVM(ctx, &v); err != nil {
 		return store.VM{}, fmt.Errorf("vm %q: %w", p.Name, err)
@@ -573,5 +586,5 @@ func netipMask(p netip.Prefix) string {
 func (s *Service) target(v store.VM) guest.Target {
 	dir := s.d.Layout.VM(v.ID)
 	return guest.Target{VMID: v.ID, Addr: netip.AddrPortFrom(netip.MustParseAddr(v.GuestIP), 22).String(), User: guestUser,
-		Agent: func(ctx context.Context) (net.Conn, error) { return s.d.Driver.DialAgent(ctx, dir) }}
+		Agent: func(ctx context.Context) (net.Conn, error) { return s.driverFor(v).DialAgent(ctx, dir) }}
 }

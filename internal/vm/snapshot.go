@@ -35,11 +35,11 @@ const (
 	MaxForks = 16
 )
 
-// snapshotter is the driver's snapshot support, or a clear refusal.
-func (s *Service) snapshotter() (vmm.Snapshotter, error) {
-	sn, ok := s.d.Driver.(vmm.Snapshotter)
+// snapshotter is d's snapshot support, or a clear refusal.
+func snapshotter(d vmm.Driver) (vmm.Snapshotter, error) {
+	sn, ok := d.(vmm.Snapshotter)
 	if !ok {
-		return nil, fmt.Errorf("the %s driver cannot pause or snapshot vms: %w", s.d.Driver.Name(), api.ErrInvalid)
+		return nil, fmt.Errorf("the %s driver cannot pause or snapshot vms: %w", d.Name(), api.ErrInvalid)
 	}
 	return sn, nil
 }
@@ -96,15 +96,15 @@ func (s *Service) Resume(ctx context.Context, name string) (store.VM, error) {
 }
 
 func (s *Service) setPaused(ctx context.Context, name string, pause bool) (store.VM, error) {
-	sn, err := s.snapshotter()
-	if err != nil {
-		return store.VM{}, err
-	}
 	v, spec, unlock, err := s.runningLocked(ctx, name)
 	if err != nil {
 		return v, err
 	}
 	defer unlock()
+	sn, err := snapshotter(s.driverFor(v))
+	if err != nil {
+		return v, err
+	}
 	op, verb := sn.Resume, "resume"
 	if pause {
 		op, verb = sn.Pause, "pause"
@@ -162,7 +162,7 @@ func validSnapshotName(n string) error {
 // complete, then recorded; a crash before the rename leaves a .tmp- dir
 // that reconcile removes, and one after it an unrecorded dir, also removed.
 func (s *Service) takeSnapshot(ctx context.Context, v store.VM, spec vmm.Spec, snapName, warmFor string, auto bool, progress Progress) (store.Snapshot, error) {
-	sn, err := s.snapshotter()
+	sn, err := snapshotter(s.driverFor(v))
 	if err != nil {
 		return store.Snapshot{}, err
 	}
@@ -435,7 +435,7 @@ func (s *Service) reconcileSnapshots(ctx context.Context) error {
 // resumeInterrupted continues an adopted VM left paused by a snapshot the
 // previous daemon did not finish (the user's pause flag is not set).
 func (s *Service) resumeInterrupted(ctx context.Context, v store.VM, spec vmm.Spec) {
-	sn, ok := s.d.Driver.(vmm.Snapshotter)
+	sn, ok := s.driverFor(v).(vmm.Snapshotter)
 	if !ok || s.paused(ctx, v) {
 		return
 	}
@@ -462,11 +462,16 @@ func (s *Service) createFrom(ctx context.Context, p api.CreateVMParams, sn store
 	if err := json.Unmarshal([]byte(sn.Meta), &meta); err != nil {
 		return store.VM{}, fmt.Errorf("snapshot %q: corrupt metadata: %w", sn.Name, err)
 	}
-	if _, err := s.snapshotter(); err != nil {
-		return store.VM{}, err
+	// A restore runs under the VMM that made the snapshot, or not at all.
+	drv, err := s.driverNamed(meta.VMM)
+	if err != nil {
+		return store.VM{}, fmt.Errorf("snapshot %q was made by %s, which this daemon does not run: %w", sn.Name, meta.VMM, vmm.ErrSnapshotMismatch)
 	}
-	if meta.VMM != s.d.Driver.Name() {
-		return store.VM{}, fmt.Errorf("snapshot %q was made by %s, the daemon runs %s: %w", sn.Name, meta.VMM, s.d.Driver.Name(), vmm.ErrSnapshotMismatch)
+	if p.VMM != "" && p.VMM != drv.Name() {
+		return store.VM{}, fmt.Errorf("snapshot %q was made by %s; a restore runs under the vmm that made it, not %s: %w", sn.Name, drv.Name(), p.VMM, api.ErrInvalid)
+	}
+	if _, err := snapshotter(drv); err != nil {
+		return store.VM{}, err
 	}
 	switch {
 	case p.NoStart:
@@ -478,15 +483,22 @@ func (s *Service) createFrom(ctx context.Context, p api.CreateVMParams, sn store
 	case p.Disk != "" || p.WorkDisk != "":
 		return store.VM{}, fmt.Errorf("a restore keeps the snapshot's disk sizes (grow them after a stop): %w", api.ErrInvalid)
 	}
+	kern, err := s.pickKernel(ctx, sn.Kernel)
+	if err != nil {
+		return store.VM{}, err
+	}
+	if err := s.checkHost(ctx, drv, kern.Name, kern.Path); err != nil {
+		return store.VM{}, err
+	}
 	dir := s.d.Layout.Snapshot(sn.ID)
 	v := store.VM{
 		Name: p.Name, Image: sn.Image, Kernel: sn.Kernel, VCPU: sn.VCPU, MemoryMiB: sn.MemoryMiB,
-		DiskBytes: sn.DiskBytes, WorkDiskBytes: sn.WorkDiskBytes,
+		DiskBytes: sn.DiskBytes, WorkDiskBytes: sn.WorkDiskBytes, VMM: drv.Name(),
 	}
 	// The row names its snapshot from the start, under snapMu: a snapshot
 	// removal either sees this VM or has already removed the snapshot.
 	s.snapMu.Lock()
-	err := func() error {
+	err = func() error {
 		if _, err := s.d.Store.GetSnapshot(ctx, sn.ID); err != nil {
 			return err
 		}
@@ -514,7 +526,7 @@ func (s *Service) createFrom(ctx context.Context, p api.CreateVMParams, sn store
 		// snapshot's files (QEMU), else copies.
 		{name: "root_disk", do: func(ctx context.Context) error {
 			src := filepath.Join(dir, snapRootFile)
-			m, format, err := disk.Layer(ctx, s.d.Runner, src, formatOr(sn.RootFormat), s.rootPath(v), s.overlays())
+			m, format, err := disk.Layer(ctx, s.d.Runner, src, formatOr(sn.RootFormat), s.rootPath(v), s.overlays(v.VMM))
 			if err != nil {
 				return err
 			}
@@ -525,7 +537,7 @@ func (s *Service) createFrom(ctx context.Context, p api.CreateVMParams, sn store
 			return nil
 		}},
 		{name: "work_disk", do: func(ctx context.Context) error {
-			_, format, err := disk.Layer(ctx, s.d.Runner, filepath.Join(dir, snapWorkFile), formatOr(sn.WorkFormat), s.workPath(v), s.overlays())
+			_, format, err := disk.Layer(ctx, s.d.Runner, filepath.Join(dir, snapWorkFile), formatOr(sn.WorkFormat), s.workPath(v), s.overlays(v.VMM))
 			workFormat = format
 			return err
 		}},
@@ -682,7 +694,7 @@ func WarmName(image string) string { return image + "-warm" }
 // CreateVMParams) restores instead of booting. A previous template of the
 // image is replaced once the new one exists, unless VMs still use it.
 func (s *Service) Warm(ctx context.Context, image string, progress Progress) (store.Snapshot, error) {
-	if _, err := s.snapshotter(); err != nil {
+	if _, err := snapshotter(s.d.Driver); err != nil {
 		return store.Snapshot{}, err
 	}
 	img, err := s.d.Store.GetImage(ctx, image)
@@ -728,13 +740,13 @@ func (s *Service) Warm(ctx context.Context, image string, progress Progress) (st
 	return sn, nil
 }
 
-// warmFor returns the image's warm template when p can be served by it:
-// nothing asked that a restore cannot give.
-func (s *Service) warmFor(ctx context.Context, p api.CreateVMParams) (store.Snapshot, bool) {
+// warmFor returns the image's warm template when p, to run under drv, can
+// be served by it: nothing asked that a restore cannot give.
+func (s *Service) warmFor(ctx context.Context, p api.CreateVMParams, drv vmm.Driver) (store.Snapshot, bool) {
 	if !p.Warm || p.From != "" || p.NoStart || p.Disk != "" || p.WorkDisk != "" {
 		return store.Snapshot{}, false
 	}
-	if _, ok := s.d.Driver.(vmm.Snapshotter); !ok {
+	if _, ok := drv.(vmm.Snapshotter); !ok {
 		return store.Snapshot{}, false
 	}
 	image := p.Image
@@ -756,12 +768,18 @@ func (s *Service) warmFor(ctx context.Context, p api.CreateVMParams) (store.Snap
 	if _, err := os.Stat(filepath.Join(s.d.Layout.Snapshot(sn.ID), snapRootFile)); err != nil {
 		return store.Snapshot{}, false
 	}
+	// A template another VMM made is not this VM's to restore.
+	var meta vmm.SnapshotMeta
+	if err := json.Unmarshal([]byte(sn.Meta), &meta); err != nil || meta.VMM != drv.Name() {
+		return store.Snapshot{}, false
+	}
 	return sn, true
 }
 
-// overlays reports whether disks may be qcow2 overlays (the VMM reads them).
-func (s *Service) overlays() bool {
-	return s.d.DiskClone != DiskCloneCopy && s.d.Driver.Name() == overlayDriver
+// overlays reports whether the disks of a VM under the VMM named vmmName
+// may be qcow2 overlays (the VMM reads them).
+func (s *Service) overlays(vmmName string) bool {
+	return s.d.DiskClone != DiskCloneCopy && vmmName == overlayDriver
 }
 
 // removeMem deletes the guest RAM file a VMM left in the VM dir.
@@ -798,7 +816,7 @@ const maxKickReply = 64 << 10
 // wait when it was already waiting for a host (then it never writes one and
 // the kick is skipped as junk).
 func (s *Service) kickAgent(ctx context.Context, v store.VM) (net.Conn, error) {
-	conn, err := s.d.Driver.DialAgent(ctx, v.Dir)
+	conn, err := s.driverFor(v).DialAgent(ctx, v.Dir)
 	if err != nil {
 		return nil, err
 	}

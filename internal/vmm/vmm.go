@@ -7,12 +7,16 @@ package vmm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
+
+	"github.com/banger-dev/banger/internal/api"
 )
 
-// ErrNoVMM is returned when the VMM binary cannot be found on the host.
-var ErrNoVMM = errors.New("vmm binary not found")
+// ErrNoVMM is returned when the VMM binary cannot be found on the host; it
+// is an api.ErrNotFound ("vmm binary not found").
+var ErrNoVMM = fmt.Errorf("vmm binary %w", api.ErrNotFound)
 
 // Disk is one block device handed to the guest, in order (the first one is
 // /dev/vda).

@@ -3,12 +3,14 @@
 // boot source, drives, NIC, vsock) and started with InstanceStart.
 //
 // Guest requirements differ from QEMU's: Firecracker boots an uncompressed
-// ELF vmlinux (not a bzImage) and registers its virtio-mmio devices with the
-// guest kernel itself, so the kernel needs CONFIG_VIRTIO_MMIO but not the
-// virtio_mmio.device= command-line discovery Debian's kernels lack. The
-// virtio_blk/virtio_net/vsock drivers must be built in or be among the
-// modules banger's initramfs loads. No disk is marked as the root device:
-// banger's initramfs finds its disks by label and content.
+// ELF vmlinux (not a bzImage) and on x86_64 describes its virtio-mmio
+// devices on the kernel command line (virtio_mmio.device=; Firecracker's
+// kernel policy lists CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), which Debian's
+// cloud kernel does not build in. The virtio_blk/virtio_net/vsock drivers
+// must be built in or be among the modules banger's initramfs loads. No
+// disk is marked as the root device: banger's initramfs finds its disks by
+// label and content. What the host and a kernel need is checked before a
+// VM exists (host.go, vmm.HostChecker).
 //
 // Pause, snapshot and restore (vmm.Snapshotter) are in snapshot.go.
 //
@@ -83,8 +85,21 @@ type Driver struct {
 	// Unset, Firecracker runs directly as Spec.UID.
 	Jailer Launcher
 
+	// KVM says whether KVM can run guests on this host: Firecracker has no
+	// other accelerator. cmd/bangerd passes the QEMU probe's answer (a
+	// nested PVM host has a /dev/kvm ordinary guests fail on). nil: a
+	// /dev/kvm that opens is taken as usable.
+	KVM func(ctx context.Context) (usable bool, why string)
+	// KernelConfig reads the build configuration of the kernel a store
+	// row names (kernel.ReadConfig); an error means it is not known. nil:
+	// kernels are checked for their format only.
+	KernelConfig func(path string) (map[string]string, error)
+
 	lookPath func(string) (string, error) // seam for tests; nil = system.LookPath
-	procs    vmm.Registry                 // pids started or found, with their identity
+	// kvmDevice and tunDevice are what CheckHost opens (tests point them
+	// elsewhere); "" = /dev/kvm, /dev/net/tun.
+	kvmDevice, tunDevice string
+	procs                vmm.Registry // pids started or found, with their identity
 
 	consMu   sync.Mutex
 	consoles map[string]bool // console logs being trimmed

@@ -33,9 +33,39 @@ func (d *Driver) ProbeAccel(ctx context.Context) (Accel, string) {
 	a, reason, final := d.probe(ctx)
 	if final {
 		d.Accel, d.accelReason = a, reason
+		d.kvm = newKVMAnswer(a, reason)
 		d.log().Info("qemu accelerator chosen", "accel", string(a), "reason", reason)
 	}
 	return a, reason
+}
+
+// kvmAnswer is whether KVM runs guests here, and why.
+type kvmAnswer struct {
+	usable bool
+	why    string
+}
+
+func newKVMAnswer(a Accel, reason string) *kvmAnswer {
+	return &kvmAnswer{usable: a == AccelKVM, why: strings.TrimSuffix(reason, "; using tcg")}
+}
+
+// ProbeKVM says whether KVM can run a guest on this host, by the same probe
+// as ProbeAccel but whatever accelerator QEMU was told to use: the question
+// of a VMM that has no TCG (Firecracker). The answer is cached; one that
+// could not be had (no QEMU to probe with, a cancelled probe) is not, and
+// counts as usable with why saying it was not probed.
+func (d *Driver) ProbeKVM(ctx context.Context) (usable bool, why string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.kvm != nil {
+		return d.kvm.usable, d.kvm.why
+	}
+	a, reason, final := d.probe(ctx)
+	if !final {
+		return true, "not probed: " + reason
+	}
+	d.kvm = newKVMAnswer(a, reason)
+	return d.kvm.usable, d.kvm.why
 }
 
 func (d *Driver) probe(ctx context.Context) (Accel, string, bool) {

@@ -49,7 +49,8 @@ type Driver struct {
 
 	mu          sync.Mutex
 	accelReason string
-	version     string // of the binary, for snapshots (snapshot.go)
+	kvm         *kvmAnswer // ProbeKVM's cached answer
+	version     string     // of the binary, for snapshots (snapshot.go)
 	consMu      sync.Mutex
 	consoles    map[string]*pump // console copies by socket path (console.go)
 	procs       vmm.Registry     // pids started or found, with their identity

@@ -476,6 +476,26 @@ func TestProbeAccel(t *testing.T) {
 	if !strings.Contains(strings.Join(r.ran[0], " "), "-accel kvm -cpu host") {
 		t.Fatalf("probe args: %v", r.ran[0])
 	}
+	// Firecracker's question reuses the answer.
+	if ok, why := d.ProbeKVM(context.Background()); ok || !strings.HasPrefix(why, "kvm unusable (qemu-system-x86_64: error: failed to set MSR 0x10a") ||
+		strings.Contains(why, "using tcg") || len(r.ran) != 1 {
+		t.Fatalf("ProbeKVM on a PVM host: %v %q (%d runs)", ok, why, len(r.ran))
+	}
+	// QEMU told to use TCG still probes KVM for it, once.
+	r = &fakeRunner{}
+	d = newD(r, dev)
+	d.Accel = AccelTCG
+	for range 2 {
+		if ok, why := d.ProbeKVM(context.Background()); !ok || !strings.Contains(why, "probe guest ran") || len(r.ran) != 1 {
+			t.Fatalf("ProbeKVM with --accel tcg: %v %q (%d runs)", ok, why, len(r.ran))
+		}
+	}
+	// No QEMU to probe with: not probed, not refused.
+	d = newD(&fakeRunner{}, dev)
+	d.lookPath = func(name string) (string, error) { return "", errors.New("not found") }
+	if ok, why := d.ProbeKVM(context.Background()); !ok || !strings.HasPrefix(why, "not probed: ") {
+		t.Fatalf("ProbeKVM without qemu: %v %q", ok, why)
+	}
 
 	// Working KVM: the probe guest is still running at the deadline.
 	d = newD(&fakeRunner{}, dev)
