@@ -44,9 +44,9 @@ func render(checks []api.DoctorCheck) string {
 }
 
 var (
-	noBinary = fmt.Errorf("firecracker binary not found on bangerd's PATH: install a Firecracker release: %w", vmm.ErrNoVMM)
-	pvm      = errors.New("/dev/kvm opens but cannot run guests (probe: kvm unusable (failed to set MSR 0x10a)): Firecracker has no emulation fallback")
-	noCmdl   = errors.New("kernel lacks CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES (...)")
+	errNoBinary = fmt.Errorf("firecracker binary not found on bangerd's PATH: install a Firecracker release: %w", vmm.ErrNoVMM)
+	errPVM      = errors.New("/dev/kvm opens but cannot run guests (probe: kvm unusable (failed to set MSR 0x10a)): Firecracker has no emulation fallback")
+	errNoCmdl   = errors.New("kernel lacks CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES (...)")
 )
 
 func TestVMMSection(t *testing.T) {
@@ -61,17 +61,17 @@ func TestVMMSection(t *testing.T) {
 		wantVMM  api.DoctorVMM
 	}{{
 		name: "this host: no binary, PVM",
-		d: fakeVMM{checks: []vmm.HostCheck{{Name: "binary", Err: noBinary}, {Name: "/dev/kvm", Err: pvm}, {Name: "/dev/net/tun", Detail: "uid 0 opens /dev/net/tun"}},
-			kernels: map[string]error{"/k/debian/vmlinux": noCmdl, "/k/old/vmlinux": fmt.Errorf("no build configuration kept: %w", vmm.ErrUnchecked), "/k/fc/vmlinux": nil}},
+		d: fakeVMM{checks: []vmm.HostCheck{{Name: "binary", Err: errNoBinary}, {Name: "/dev/kvm", Err: errPVM}, {Name: "/dev/net/tun", Detail: "uid 0 opens /dev/net/tun"}},
+			kernels: map[string]error{"/k/debian/vmlinux": errNoCmdl, "/k/old/vmlinux": fmt.Errorf("no build configuration kept: %w", vmm.ErrUnchecked), "/k/fc/vmlinux": nil}},
 		kernels: kernels,
-		want: "no\tfirecracker\t" + noBinary.Error() + "\n" +
-			"no\tfirecracker /dev/kvm\t" + pvm.Error() + "\n" +
+		want: "no\tfirecracker\t" + errNoBinary.Error() + "\n" +
+			"no\tfirecracker /dev/kvm\t" + errPVM.Error() + "\n" +
 			"ok\tfirecracker /dev/net/tun\tuid 0 opens /dev/net/tun\n" +
-			"no\tfirecracker kernel debian-cloud\t" + noCmdl.Error() + "\n" +
+			"no\tfirecracker kernel debian-cloud\t" + errNoCmdl.Error() + "\n" +
 			"no\tfirecracker kernel old\tcannot tell: no build configuration kept: cannot be checked\n" +
 			"ok\tfirecracker kernel fc\tboots under firecracker\n",
-		wantVMM: api.DoctorVMM{Reason: noBinary.Error() + "; " + pvm.Error(), Problems: []string{noBinary.Error(), pvm.Error()},
-			Kernels: []api.DoctorKernel{{Name: "debian-cloud", Known: true, Detail: noCmdl.Error()},
+		wantVMM: api.DoctorVMM{Reason: errNoBinary.Error() + "; " + errPVM.Error(), Problems: []string{errNoBinary.Error(), errPVM.Error()},
+			Kernels: []api.DoctorKernel{{Name: "debian-cloud", Known: true, Detail: errNoCmdl.Error()},
 				{Name: "old", Detail: "cannot tell: no build configuration kept: cannot be checked"},
 				{Name: "fc", OK: true, Known: true, Detail: "boots under firecracker"}}},
 	}, {
@@ -88,14 +88,14 @@ func TestVMMSection(t *testing.T) {
 	}, {
 		name: "host fine, only the debian kernel, required",
 		d: fakeVMM{binary: "/usr/bin/firecracker", checks: []vmm.HostCheck{{Name: "binary", Detail: "/usr/bin/firecracker"}},
-			kernels: map[string]error{"/k/debian/vmlinux": noCmdl}},
+			kernels: map[string]error{"/k/debian/vmlinux": errNoCmdl}},
 		kernels:  kernels[:1],
 		required: true,
 		want: "ok\tfirecracker\t/usr/bin/firecracker (version unknown: no version)\n" +
-			"FAIL\tfirecracker kernel debian-cloud\t" + noCmdl.Error() + "\n",
+			"FAIL\tfirecracker kernel debian-cloud\t" + errNoCmdl.Error() + "\n",
 		wantVMM: api.DoctorVMM{Binary: "/usr/bin/firecracker",
-			Reason:  "no imported kernel is known to boot under firecracker (debian-cloud: " + noCmdl.Error() + ")",
-			Kernels: []api.DoctorKernel{{Name: "debian-cloud", Known: true, Detail: noCmdl.Error()}}},
+			Reason:  "no imported kernel is known to boot under firecracker (debian-cloud: " + errNoCmdl.Error() + ")",
+			Kernels: []api.DoctorKernel{{Name: "debian-cloud", Known: true, Detail: errNoCmdl.Error()}}},
 	}, {
 		name:    "no kernel",
 		d:       fakeVMM{binary: "/usr/bin/firecracker", version: "1.16.1", checks: []vmm.HostCheck{{Name: "binary", Detail: "/usr/bin/firecracker"}}},
@@ -130,10 +130,10 @@ func TestRunFirecrackerSection(t *testing.T) {
 	c := &Checker{Layout: layout, Store: st,
 		LookPath:    func(n string) (string, error) { return "/usr/bin/" + n, nil },
 		Accel:       func(context.Context) (string, string) { return "tcg", "kvm unusable" },
-		Firecracker: fakeVMM{checks: []vmm.HostCheck{{Name: "binary", Err: noBinary}}, kernels: map[string]error{"/k/debian/vmlinux": noCmdl}},
+		Firecracker: fakeVMM{checks: []vmm.HostCheck{{Name: "binary", Err: errNoBinary}}, kernels: map[string]error{"/k/debian/vmlinux": errNoCmdl}},
 		DefaultVMM:  "qemu"}
 	res := c.Run(ctx)
-	if res.VMM != "qemu" || res.Firecracker == nil || res.Firecracker.Available || !strings.HasPrefix(res.Firecracker.Reason, noBinary.Error()) {
+	if res.VMM != "qemu" || res.Firecracker == nil || res.Firecracker.Available || !strings.HasPrefix(res.Firecracker.Reason, errNoBinary.Error()) {
 		t.Fatalf("result: vmm %q, firecracker %+v", res.VMM, res.Firecracker)
 	}
 	for _, ch := range res.Checks {
