@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test tier: vet, unit tests with the race detector, and the e2e
 # suite that boots real guests under QEMU inside a test-made network namespace.
-# Large assets (kernel .deb, debootstrapped rootfs) are cached outside the
+# Large assets (kernel .deb, debootstrapped rootfs, opencode npm tarball) are cached outside the
 # clone in $BANGER_E2E_CACHE (default /var/cache/banger-e2e), keyed by inputs.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/capability"
 	"github.com/banger-dev/banger/internal/daemon"
 	"github.com/banger-dev/banger/internal/doctor"
 	"github.com/banger-dev/banger/internal/forward"
@@ -26,6 +28,7 @@ import (
 	"github.com/banger-dev/banger/internal/hostnet"
 	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/kernel"
+	"github.com/banger-dev/banger/internal/npm"
 	"github.com/banger-dev/banger/internal/opid"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/privileged"
@@ -73,6 +76,10 @@ func run() error {
 		"how the daemon reaches guests: auto (the guest agent when it answers, else ssh) or ssh (env BANGER_GUEST_VIA)")
 	diskClone := flag.String("disk-clone", envOr("BANGER_DISK_CLONE", vm.DiskCloneAuto),
 		"how vm create makes root disks: auto (reflink where the file system can, else a qcow2 overlay on the image, else a full copy) or copy (reflink, else a full copy: the method before overlays, a benchmark baseline) (env BANGER_DISK_CLONE)")
+	npmRegistry := flag.String("npm-registry", envOr("BANGER_NPM_REGISTRY", npm.DefaultRegistry),
+		"the npm registry capabilities fetch from (opencode) (env BANGER_NPM_REGISTRY)")
+	npmInsecure := flag.Bool("npm-insecure", os.Getenv("BANGER_NPM_INSECURE") != "",
+		"allow a plain-http npm registry (env BANGER_NPM_INSECURE; banger's pinned versions are sha512-checked either way)")
 	grace := flag.Duration("shutdown-grace", defaultShutdownGrace,
 		"at shutdown (daemon stop, SIGTERM), how long requests in flight may still finish before they are interrupted and rolled back (env BANGER_SHUTDOWN_GRACE)")
 	logFile := flag.String("log-file", "", "log to this file, rotated at 10 MiB with 3 old files kept, with stdout and stderr (default: stderr)")
@@ -199,6 +206,9 @@ func run() error {
 			log.Warn("the default vmm cannot run vms on this host; creates will be refused until it can", "err", err)
 		}
 	}
+	npmCache := &npm.Cache{Dir: filepath.Join(layout.Cache(), "npm"), Log: log,
+		Registry: &npm.Registry{URL: *npmRegistry, Insecure: *npmInsecure}}
+	caps := capability.NewRegistry(&capability.Opencode{Fetch: npmCache, Log: log}, capability.NAT{})
 	vms := vm.New(vm.Deps{Log: log, Layout: layout, Store: st, Runner: runner, Driver: defaultDrv, Drivers: drivers, Net: priv,
 		Subnet: netCfg.Subnet, Gateway: netCfg.Gateway(),
 		Guest: guests, KnownHosts: kh, ClientKey: signer.PublicKey(), UID: os.Getuid(), GID: os.Getgid(),
@@ -208,7 +218,8 @@ func run() error {
 		AfterStop:  func(id string) { fwds.StopVM(id) },
 		Forwards:   func(id string) []api.Forward { return fwds.List(id) },
 		AfterStep:  afterStep,
-		DiskClone:  *diskClone})
+		DiskClone:  *diskClone,
+		Caps:       caps})
 	fwds = forward.New(forward.Deps{Log: log, VMs: forwardVMs{vms}})
 	// Shutdown begins: every forward's listener goes at once, so a
 	// foreground `vm forward` does not hold the daemon for its grace.
@@ -237,6 +248,7 @@ func run() error {
 		Shutdown: stop,
 		Ops:      vmop.New(time.Now),
 		Forwards: fwds,
+		Caps:     caps,
 	})
 	ln, err := rpc.Listen(layout.Socket())
 	if err != nil {

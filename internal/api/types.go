@@ -56,6 +56,8 @@ type VM struct {
 	Operation *Operation `json:"operation,omitempty"`
 	// Forwards are the VM's port forwards (`vm forward`), oldest first.
 	Forwards []Forward `json:"forwards,omitempty"`
+	// Capabilities are those given at create (`--cap`), in that order.
+	Capabilities []VMCapability `json:"capabilities,omitempty"`
 }
 
 // VMMProc is how a running VMM process is confined (/proc/<pid>/status).
@@ -96,6 +98,13 @@ type CreateVMParams struct {
 	// the daemon's default (bangerd --vmm). A restore runs under the
 	// snapshot's.
 	VMM string `json:"vmm,omitempty"`
+	// Caps are capabilities (NAME or NAME@VERSION, `banger cap list`),
+	// prepared, installed and checked ready at every start, in this order.
+	Caps []string `json:"caps,omitempty"`
+	// CapEnv is set in the environment of the capabilities' guest services
+	// (model provider credentials): written into the guest at the first
+	// start, never kept on the host.
+	CapEnv map[string]string `json:"cap_env,omitempty"`
 }
 
 type DeleteVMParams struct {

@@ -113,7 +113,7 @@ func (a *app) rootCmd() *cobra.Command {
 	root.PersistentFlags().BoolVar(&a.noStart, "no-autostart", false, "do not start bangerd when it is not running")
 	root.PersistentFlags().BoolVar(&a.allowRoot, "allow-root", os.Getenv("BANGER_ALLOW_ROOT") == "1",
 		"run as root: the all-in-one mode, bangerd and every VMM as root (env BANGER_ALLOW_ROOT=1)")
-	root.AddCommand(a.vmCmd(), a.kernelCmd(), a.imageCmd(), a.snapshotCmd(), a.daemonCmd(), a.doctorCmd(), a.systemCmd())
+	root.AddCommand(a.vmCmd(), a.kernelCmd(), a.imageCmd(), a.snapshotCmd(), a.capCmd(), a.daemonCmd(), a.doctorCmd(), a.systemCmd())
 	root.AddCommand(a.sshConfigCmd())
 	// cobra adds these at Execute; added now, so the walk below covers them.
 	root.InitDefaultHelpCmd()

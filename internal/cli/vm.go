@@ -44,6 +44,9 @@ func addCreateFlags(c *cobra.Command, p *api.CreateVMParams) {
 		"let the guest reach services on any of the host's addresses (default: only the gateway's DNS)")
 	c.Flags().Var(idleTimeoutFlag{&p.IdleTimeout}, "idle-timeout", idleTimeoutUsage)
 	c.Flags().StringVar(&p.VMM, "vmm", "", "run the VM under this VMM: qemu or firecracker (default: the daemon's, bangerd --vmm; banger doctor says what this host can run)")
+	c.Flags().StringArrayVar(&p.Caps, "cap", nil, "give the VM a capability, NAME or NAME@VERSION (repeatable; `banger cap list`), e.g. --cap opencode")
+	c.Flags().Var(capEnvFlag{&p.CapEnv}, "cap-env",
+		"KEY=VALUE, or KEY to take its value from this shell, set for the capabilities' guest services (e.g. a model provider's API key); written into the guest at the first start, never kept on the host (repeatable)")
 }
 
 // createVM calls vm.create showing the stages as they happen.
@@ -144,6 +147,7 @@ func (a *app) renderVM(v api.VM) error {
 		rows = append(rows, [2]string{"operation", operationText(*op, time.Now())})
 	}
 	rows = append(rows, forwardRows(v)...)
+	rows = append(rows, capRows(v)...)
 	for _, r := range rows {
 		// last error may quote the guest's console
 		fmt.Fprintf(tw, "%s:\t%s\n", r[0], termsafe.Field(r[1]))

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/capability"
 	"github.com/banger-dev/banger/internal/forward"
 	"github.com/banger-dev/banger/internal/guest"
 	"github.com/banger-dev/banger/internal/image"
@@ -48,6 +49,8 @@ type Deps struct {
 	// Forwards serves vm.forward and vm.forward_stop (forward.go); nil: the
 	// methods are refused.
 	Forwards *forward.Manager
+	// Caps is the capability registry (cap.list; capability.go); nil: none.
+	Caps *capability.Registry
 }
 
 // Daemon is the RPC front.
@@ -91,6 +94,7 @@ func Register(srv *rpc.Server, d Deps) *Daemon {
 	dm.registerSession(srv)
 	dm.registerStats(srv)
 	dm.registerSnapshot(srv)
+	srv.Handle(api.MethodCapList, dm.capList)
 	dm.registerForward(srv)
 	return dm
 }

@@ -21,6 +21,8 @@
 //	<state>/snapshots/.tmp-<id>/      a snapshot being made (removed at daemon start)
 //	<state>/sync.json                 host files copied into every VM (see internal/workspace)
 //	<state>/cache/                    downloads keyed by content
+//	<state>/cache/npm/<pkg>/<ver>-<h>/  a file out of a verified npm tarball + meta.json (capabilities)
+//	<state>/vms/<id>/opencode.password  the VM's opencode server password (0600)
 package paths
 
 import (

@@ -184,6 +184,22 @@ func (s *Service) startWith(ctx context.Context, v *store.VM, bootTimeout time.D
 		}}
 		steps = append(steps[:len(steps)-1], reid, steps[len(steps)-1])
 	}
+	capPre, capPost, err := s.capSteps(ctx, v)
+	if err != nil {
+		return err
+	}
+	steps = append(capPre, steps...)
+	if s.d.AfterStart != nil {
+		// Before the capabilities start: the files it syncs (sync.json)
+		// may be their configuration or credentials.
+		steps = append(steps, step{name: "post_start", do: func(ctx context.Context) error {
+			hctx, cancel := context.WithTimeout(ctx, afterStartTimeout)
+			defer cancel()
+			s.d.AfterStart(hctx, *v)
+			return nil
+		}})
+	}
+	steps = append(steps, capPost...)
 	err = runSteps(ctx, s.d.Log, s.hookSteps(steps), progress.stage)
 	if err != nil {
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
@@ -194,12 +210,6 @@ func (s *Service) startWith(ctx context.Context, v *store.VM, bootTimeout time.D
 			err = errors.Join(err, uerr)
 		}
 		return err
-	}
-	if s.d.AfterStart != nil {
-		progress.stage("post_start")
-		hctx, cancel := context.WithTimeout(ctx, afterStartTimeout)
-		s.d.AfterStart(hctx, *v)
-		cancel()
 	}
 	progress.stage("ready")
 	return nil
@@ -351,6 +361,9 @@ func (s *Service) teardown(ctx context.Context, v *store.VM, state, lastErr stri
 		errs = append(errs, err)
 	}
 	s.endSessions(uctx, *v) // sessions.go: they show as ended, not gone
+	if err := s.capTeardown(uctx, *v); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -410,6 +423,7 @@ func (s *Service) Delete(ctx context.Context, name string, force bool) error {
 	s.mu.Lock()
 	delete(s.locks, v.ID)
 	delete(s.stopped, v.ID)
+	delete(s.capEnv, v.ID)
 	s.mu.Unlock()
 	return nil
 }

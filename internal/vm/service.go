@@ -22,6 +22,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/capability"
 	"github.com/banger-dev/banger/internal/disk"
 	"github.com/banger-dev/banger/internal/guest"
 	"github.com/banger-dev/banger/internal/hostnet"
@@ -150,6 +151,9 @@ type Deps struct {
 	// DiskClone is how root disks are made (rootdisk.go): DiskCloneAuto
 	// ("" too) or DiskCloneCopy (bangerd --disk-clone copy).
 	DiskClone string
+	// Caps is the capability registry (`vm create --cap`; capability.go);
+	// nil: no capabilities.
+	Caps *capability.Registry
 }
 
 // Service is the VM lifecycle service.
@@ -157,11 +161,12 @@ type Service struct {
 	d Deps
 
 	mu      sync.Mutex
-	locks   map[string]*sync.Mutex // per-VM operation lock, by id
-	handles map[string]*Handles    // what is true now, by id
-	stopped map[string]bool        // VMs we are stopping on purpose (monitor must not flag them)
-	poolMu  sync.Mutex             // serialises TAP pool acquire/release (see tappool.go)
-	snapMu  sync.Mutex             // snapshot removal against its last user (snapshot.go)
+	locks   map[string]*sync.Mutex       // per-VM operation lock, by id
+	handles map[string]*Handles          // what is true now, by id
+	stopped map[string]bool              // VMs we are stopping on purpose (monitor must not flag them)
+	poolMu  sync.Mutex                   // serialises TAP pool acquire/release (see tappool.go)
+	snapMu  sync.Mutex                   // snapshot removal against its last user (snapshot.go)
+	capEnv  map[string]map[string]string // `--cap-env` of a create, by id, until its first start (capability.go)
 
 	act activities // per-VM use, for idle auto-stop (idle.go)
 	// idleFloor is the shortest idle check interval and the checker's tick
@@ -180,7 +185,7 @@ type Service struct {
 // New returns the service. Call Reconcile before serving requests.
 func New(d Deps) *Service {
 	return &Service{d: d, locks: map[string]*sync.Mutex{}, handles: map[string]*Handles{}, stopped: map[string]bool{},
-		act: activities{m: map[string]*activity{}}, sysClassNet: "/sys/class/net", procDir: "/proc"}
+		capEnv: map[string]map[string]string{}, act: activities{m: map[string]*activity{}}, sysClassNet: "/sys/class/net", procDir: "/proc"}
 }
 
 func (s *Service) lock(id string) func() {
@@ -247,6 +252,7 @@ func (s *Service) View(v store.VM) api.VM {
 			out.State = api.StatePaused
 		}
 	}
+	out.Capabilities = s.capView(context.Background(), v)
 	if h := s.handle(v.ID); h != nil {
 		out.PID = h.PID
 		if h.PID > 0 {
@@ -287,6 +293,14 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 	}
 	if err := validIdleTimeout(p.IdleTimeout); err != nil {
 		return store.VM{}, err
+	}
+	refs, err := s.capRefs(&p)
+	if err != nil {
+		return store.VM{}, err
+	}
+	if len(refs) > 0 {
+		// A warm template has none of them installed.
+		p.Warm = false
 	}
 	if p.From != "" {
 		sn, err := s.d.Store.GetSnapshot(ctx, p.From)
@@ -386,6 +400,9 @@ func (s *Service) Create(ctx context.Context, p api.CreateVMParams, progress Pro
 		{name: "record", do: func(ctx context.Context) error {
 			v.State = StateStopped
 			if err := s.d.Store.UpdateVM(ctx, &v); err != nil {
+				return err
+			}
+			if err := s.recordCaps(ctx, v, refs, p.CapEnv); err != nil {
 				return err
 			}
 			return s.recordOptions(ctx, v, p)

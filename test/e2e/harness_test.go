@@ -28,8 +28,9 @@ type env struct {
 	cache    string // asset cache outside the clone
 	ns       string // network namespace
 	stateDir string
-	deb      string // cached kernel .deb
-	rootfs   string // cached rootfs tree (mmdebstrap output)
+	deb      string       // cached kernel .deb
+	rootfs   string       // cached rootfs tree (mmdebstrap output)
+	npm      *npmRegistry // fake npm registry in ns, the daemon's BANGER_NPM_REGISTRY
 }
 
 var E *env
@@ -112,6 +113,11 @@ func setup() (*env, error) {
 	if _, err := run("ip", "-n", e.ns, "link", "set", "lo", "up"); err != nil {
 		return e, err
 	}
+	// Before the first CLI call: it starts the daemon, which keeps the
+	// registry address from its environment.
+	if e.npm, err = startNPMRegistry(e.ns, e.cache); err != nil {
+		return e, err
+	}
 	if e.deb, err = cachedKernelDeb(e.cache); err != nil {
 		return e, err
 	}
@@ -145,6 +151,7 @@ func (e *env) teardown() {
 	_, _ = e.banger("daemon", "stop")
 	time.Sleep(300 * time.Millisecond)
 	_, _ = run("pkill", "-9", "-f", e.stateDir)
+	e.npm.close()
 	_, _ = run("ip", "netns", "del", e.ns)
 	if os.Getenv("BANGER_E2E_KEEP") == "" {
 		_ = os.RemoveAll(filepath.Dir(e.stateDir))
@@ -156,6 +163,9 @@ func (e *env) cmd(args ...string) *exec.Cmd {
 	full := append([]string{"netns", "exec", e.ns, filepath.Join(e.bin, "banger"), "--state-dir", e.stateDir}, args...)
 	cmd := exec.Command("ip", full...)
 	cmd.Env = append(os.Environ(), "BANGER_SUBNET=172.30.7.0/24")
+	if e.npm != nil {
+		cmd.Env = append(cmd.Env, "BANGER_NPM_REGISTRY="+e.npm.url, "BANGER_NPM_INSECURE=1")
+	}
 	return cmd
 }
 

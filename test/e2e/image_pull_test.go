@@ -6,6 +6,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -37,34 +38,69 @@ import (
 // made in, whichever thread serves it later.
 func listenInNetns(t *testing.T, ns, addr string) net.Listener {
 	t.Helper()
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
+	ln, err := listenNS(ns, addr)
 	if err != nil {
-		runtime.UnlockOSThread()
 		t.Fatal(err)
-	}
-	defer orig.Close()
-	target, err := os.Open(filepath.Join("/run/netns", ns))
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatal(err)
-	}
-	defer target.Close()
-	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		t.Fatal(err)
-	}
-	ln, lerr := net.Listen("tcp", addr)
-	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-		// This thread is stuck in the wrong namespace: leave it locked so
-		// the runtime drops it when the goroutine ends.
-		t.Fatalf("restore netns: %v", err)
-	}
-	runtime.UnlockOSThread()
-	if lerr != nil {
-		t.Fatal(lerr)
 	}
 	return ln
+}
+
+// listenNS is listenInNetns for code without a *testing.T (the harness).
+func listenNS(ns, addr string) (net.Listener, error) {
+	var ln net.Listener
+	var lerr error
+	if err := inNetns(ns, func() { ln, lerr = net.Listen("tcp", addr) }); err != nil {
+		return nil, err
+	}
+	return ln, lerr
+}
+
+// dialNS opens a TCP connection from inside namespace ns (the host process
+// cannot reach the namespace's loopback or the guests' bridge otherwise).
+func dialNS(ctx context.Context, ns, addr string) (net.Conn, error) {
+	var c net.Conn
+	var derr error
+	if err := inNetns(ns, func() { c, derr = (&net.Dialer{}).DialContext(ctx, "tcp", addr) }); err != nil {
+		return nil, err
+	}
+	return c, derr
+}
+
+// inNetns runs f on a fresh OS thread switched into namespace ns. Sockets f
+// makes stay in ns. A thread that cannot be switched back stays locked, so
+// the runtime drops it when its goroutine ends instead of reusing it.
+func inNetns(ns string, f func()) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		target, err := os.Open(filepath.Join("/run/netns", ns))
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("setns %s: %w", ns, err)
+			return
+		}
+		f()
+		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("restore netns: %w", err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- nil
+	}()
+	return <-errc
 }
 
 // e2eRegistry serves one in-memory registry twice: on the host's loopback
