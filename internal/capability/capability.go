@@ -38,6 +38,16 @@ type VM struct {
 	// `vm create --cap-env` (model provider credentials); they are written
 	// into the guest once and never kept on the host.
 	Env map[string]string
+	// Progress reports what a long hook is doing (a download, the wait
+	// for a server); nil: nothing is reported.
+	Progress func(msg string)
+}
+
+// Say reports msg through vm.Progress, if any.
+func (vm VM) Say(format string, a ...any) {
+	if vm.Progress != nil {
+		vm.Progress(fmt.Sprintf(format, a...))
+	}
 }
 
 // Guest is the running VM as post-start sees it (the guest agent).

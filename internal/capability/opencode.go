@@ -59,6 +59,9 @@ const (
 
 var passwordRE = regexp.MustCompile(`^[A-Za-z0-9_-]{32,128}$`)
 
+// maxPasswordFile bounds the password file read.
+const maxPasswordFile = 256
+
 // Opencode is the `opencode` capability: the opencode server, from npm,
 // as a systemd service on port 4096 of the guest, behind HTTP basic auth
 // with a per-VM password the host keeps.
@@ -88,7 +91,16 @@ func (o *Opencode) Info() Info {
 	}
 }
 
-func (o *Opencode) Configure(p *api.CreateVMParams, version string) error { return nil }
+// Configure refuses --cap-env values that would replace banger's own
+// credentials for the server (the readiness check and `vm show` use them).
+func (o *Opencode) Configure(p *api.CreateVMParams, version string) error {
+	for k := range p.CapEnv {
+		if strings.HasPrefix(k, "OPENCODE_SERVER_") {
+			return fmt.Errorf("--cap-env %s: banger sets the server's credentials (the password is in the VM's %s): %w", k, opencodePasswordFile, api.ErrInvalid)
+		}
+	}
+	return nil
+}
 
 // pin is the version and the integrity to fetch: banger's pin unless
 // another version was asked for (then its registry's published one).
@@ -101,7 +113,7 @@ func (o *Opencode) pin(vm VM) (version, integrity string) {
 
 func (o *Opencode) Prepare(ctx context.Context, vm VM) error {
 	version, integrity := o.pin(vm)
-	f, err := o.Fetch.Fetch(ctx, OpencodePackage, version, integrity, OpencodeMember, opencodeMaxBinary, nil)
+	f, err := o.Fetch.Fetch(ctx, OpencodePackage, version, integrity, OpencodeMember, opencodeMaxBinary, downloadProgress(vm, OpencodePackage+"@"+version))
 	if err != nil {
 		return err
 	}
@@ -143,12 +155,13 @@ func (o *Opencode) password(vm VM, create bool) (string, error) {
 		return "", fmt.Errorf("opencode password: %w", err)
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, 256))
+	// One byte past the limit, so a longer file is refused, not cut.
+	b, err := io.ReadAll(io.LimitReader(f, maxPasswordFile+1))
 	if err != nil {
 		return "", fmt.Errorf("opencode password: %w", err)
 	}
 	pw := strings.TrimSpace(string(b))
-	if !passwordRE.MatchString(pw) {
+	if len(b) > maxPasswordFile || !passwordRE.MatchString(pw) {
 		return "", fmt.Errorf("opencode password file %s is not one of banger's (32-128 letters, digits, '-', '_'): %w", path, api.ErrInvalid)
 	}
 	return pw, nil
@@ -173,18 +186,20 @@ func (o *Opencode) PostStart(ctx context.Context, vm VM, g Guest) error {
 	}
 	switch {
 	case res.Code == exitNoSystemd:
-		return fmt.Errorf("needs systemd as the guest's init (%s); use an image with systemd-sysv: %w", res.Stderr, api.ErrInvalid)
+		return fmt.Errorf("needs systemd as the guest's init (%s); use an image with systemd-sysv: %w", strings.TrimSpace(res.Stderr), api.ErrInvalid)
 	case res.Code != 0:
 		return fmt.Errorf("guest check exited %d: %s", res.Code, res.Stderr)
 	case strings.TrimSpace(res.Stdout) == "need":
+		vm.Say("copying %s@%s (%d MiB) into the guest", f.Package, f.Version, f.Size>>20)
 		if err := o.copyIn(ctx, g, f); err != nil {
 			return err
 		}
 	}
+	vm.Say("starting %s", opencodeUnit)
 	if err := o.install(ctx, g, vm, f, pw); err != nil {
 		return err
 	}
-	return o.waitReady(ctx, g, pw)
+	return o.waitReady(ctx, vm, g, pw)
 }
 
 // copyIn streams the binary into the guest, under a directory named by its
@@ -242,8 +257,8 @@ After=network-online.target
 
 [Service]
 Environment=HOME=/root OPENCODE_DISABLE_AUTOUPDATE=1
-EnvironmentFile=/etc/banger/opencode.env
 EnvironmentFile=-/etc/banger/opencode.user.env
+EnvironmentFile=/etc/banger/opencode.env
 WorkingDirectory=/root
 ExecStart=%[5]s/%[6]s/opencode serve --hostname 0.0.0.0 --port %[7]d
 Restart=on-failure
@@ -284,7 +299,7 @@ func envFile(env map[string]string) string {
 
 // waitReady polls the server through the agent until it answers banger's
 // password; a unit that keeps failing ends the wait early with its journal.
-func (o *Opencode) waitReady(ctx context.Context, g Guest, pw string) error {
+func (o *Opencode) waitReady(ctx context.Context, vm VM, g Guest, pw string) error {
 	timeout := o.ReadyTimeout
 	if timeout == 0 {
 		timeout = 5 * time.Minute
@@ -296,7 +311,12 @@ func (o *Opencode) waitReady(ctx context.Context, g Guest, pw string) error {
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var last error
+	start, said := time.Now(), time.Now()
 	for i := 0; ; i++ {
+		if time.Since(said) >= 10*time.Second {
+			said = time.Now()
+			vm.Say("waiting for the server on port %d (%ds)", OpencodePort, int(time.Since(start).Seconds()))
+		}
 		code, err := probe(wctx, g, pw)
 		switch {
 		case err == nil && code == http.StatusOK:
@@ -402,7 +422,7 @@ func (o *Opencode) Cleanup(ctx context.Context, vm VM) error {
 func (o *Opencode) Connect(vm VM, host string) Connection {
 	pf := filepath.Join(vm.Dir, opencodePasswordFile)
 	return Connection{
-		Command:      fmt.Sprintf("OPENCODE_SERVER_PASSWORD=$(cat %s) opencode attach http://%s:%d", pf, host, OpencodePort),
+		Command:      fmt.Sprintf("OPENCODE_SERVER_PASSWORD=$(cat %s) opencode attach http://%s:%d", shellQuote(pf), host, OpencodePort),
 		PasswordFile: pf,
 	}
 }
@@ -426,4 +446,36 @@ func (o *Opencode) Cached() ([]npm.File, error) {
 func (o *Opencode) EffectiveVersion(version string) string {
 	v, _ := o.pin(VM{Version: version})
 	return v
+}
+
+// downloadProgress reports a download in tenths (a line each when the
+// client is not a terminal).
+func downloadProgress(vm VM, what string) func(done, total int64) {
+	if vm.Progress == nil {
+		return nil
+	}
+	last := int64(-1)
+	return func(done, total int64) {
+		step := done >> 24 // every 16 MiB without a length
+		if total > 0 {
+			step = done * 10 / total
+		}
+		if step == last {
+			return
+		}
+		last = step
+		if total > 0 {
+			vm.Say("downloading %s: %d of %d MiB", what, done>>20, total>>20)
+		} else {
+			vm.Say("downloading %s: %d MiB", what, done>>20)
+		}
+	}
+}
+
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+:@") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -120,7 +120,7 @@ func capRefsOf(caps []store.Capability) []capability.Ref {
 // guest answers (each post-start: install, start, readiness). A failure
 // names the capability, records it on the capability and rolls the start
 // back like any step.
-func (s *Service) capSteps(ctx context.Context, v *store.VM) (pre, post []step, err error) {
+func (s *Service) capSteps(ctx context.Context, v *store.VM, progress Progress) (pre, post []step, err error) {
 	caps, err := s.d.Store.Capabilities(ctx, v.ID)
 	if err != nil || len(caps) == 0 {
 		return nil, nil, err
@@ -139,13 +139,17 @@ func (s *Service) capSteps(ctx context.Context, v *store.VM) (pre, post []step, 
 		undo: func(ctx context.Context) error { return s.capTeardown(ctx, *v) }})
 	for i, c := range caps {
 		hook := hooks[i]
-		pre = append(pre, step{name: "cap_prepare:" + c.Name, do: func(ctx context.Context) error {
+		prepName, postName := "cap_prepare:"+c.Name, "cap:"+c.Name
+		pre = append(pre, step{name: prepName, do: func(ctx context.Context) error {
+			cv := s.capVM(*v, c)
+			cv.Progress = progress.say(prepName)
 			return s.capHook(ctx, *v, c.Name, api.CapPreparing, "prepare", func() error {
-				return hook.Prepare(ctx, s.capVM(*v, c))
+				return hook.Prepare(ctx, cv)
 			})
 		}})
-		post = append(post, step{name: "cap:" + c.Name, do: func(ctx context.Context) error {
+		post = append(post, step{name: postName, do: func(ctx context.Context) error {
 			cv := s.capVM(*v, c)
+			cv.Progress = progress.say(postName)
 			s.mu.Lock()
 			cv.Env = s.capEnv[v.ID]
 			s.mu.Unlock()

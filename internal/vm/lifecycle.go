@@ -184,7 +184,7 @@ func (s *Service) startWith(ctx context.Context, v *store.VM, bootTimeout time.D
 		}}
 		steps = append(steps[:len(steps)-1], reid, steps[len(steps)-1])
 	}
-	capPre, capPost, err := s.capSteps(ctx, v)
+	capPre, capPost, err := s.capSteps(ctx, v, progress)
 	if err != nil {
 		return err
 	}

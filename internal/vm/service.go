@@ -229,6 +229,14 @@ func (p Progress) stage(name string) {
 	}
 }
 
+// say returns a reporter of messages within stage (nil when p is).
+func (p Progress) say(stage string) func(msg string) {
+	if p == nil {
+		return nil
+	}
+	return func(msg string) { p(stage, msg) }
+}
+
 // View renders a row plus current handles for the CLI.
 func (s *Service) View(v store.VM) api.VM {
 	out := api.VM{
