@@ -1,18 +1,13 @@
 package agent
 
 import (
-	"bufio"
 	"bytes"
-	"crypto/rand"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
-	mrand "math/rand/v2"
 	"net"
 	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,119 +15,16 @@ import (
 	"github.com/hashicorp/yamux"
 )
 
-// service listens on 127.0.0.1 (the "guest's" loopback: the agent under
-// test runs in this process) and runs handle for every connection.
-func service(t *testing.T, handle func(c *net.TCPConn)) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	open := map[net.Conn]bool{}
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for c := range open { // a failed test may leave them
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			open[c] = true
-			mu.Unlock()
-			wg.Go(func() {
-				defer func() {
-					mu.Lock()
-					delete(open, c)
-					mu.Unlock()
-					c.Close()
-				}()
-				handle(c.(*net.TCPConn))
-			})
-		}
-	})
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// echo copies input back and half-closes at its end.
-func echo(c *net.TCPConn) {
-	if _, err := io.Copy(c, c); err == nil {
-		_ = c.CloseWrite()
-	}
-	_, _ = io.Copy(io.Discard, c)
-}
-
-// closedPort is a port nothing listens on.
-func closedPort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	return port
-}
-
-// roundTrip sends payload, half-closes, and returns all that comes back;
-// after 30 s it gives up (closes c).
-func roundTrip(c *Conn, payload []byte) ([]byte, error) {
-	watchdog := time.AfterFunc(30*time.Second, func() { c.Close() })
-	defer watchdog.Stop()
-	werr := make(chan error, 1)
-	go func() {
-		_, err := c.Write(payload)
-		if err == nil {
-			err = c.CloseWrite()
-		}
-		werr <- err
-	}()
-	got, rerr := io.ReadAll(c)
-	if err := <-werr; err != nil {
-		return got, err
-	}
-	return got, rerr
-}
-
 func TestDialManyConcurrentEchoes(t *testing.T) {
 	c := pair(t, &Server{})
 	port := service(t, echo)
-	const conns = 50
-	var wg sync.WaitGroup
-	errs := make(chan error, conns)
-	for i := range conns {
-		wg.Go(func() {
-			payload := make([]byte, mrand.IntN(1<<20)+i) // 0..1 MiB, one of them empty
-			_, _ = rand.Read(payload)
-			conn, err := c.Dial(testCtx(t, 10*time.Second), port)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer conn.Close()
-			got, err := roundTrip(conn, payload)
-			if err != nil {
-				errs <- fmt.Errorf("conn %d: %w", i, err)
-				return
-			}
-			if sha256.Sum256(got) != sha256.Sum256(payload) {
-				errs <- fmt.Errorf("conn %d: %d bytes back for %d sent, or different ones", i, len(got), len(payload))
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	echoes(t, 50, func() (halfCloser, error) {
+		conn, err := c.Dial(testCtx(t, 10*time.Second), port)
+		if err != nil {
+			return nil, err
+		}
+		return conn, nil
+	})
 }
 
 func TestDialHalfClose(t *testing.T) {
@@ -433,37 +325,13 @@ func TestDialHostileAgent(t *testing.T) {
 // dialAgent is a fake 1.2 agent that reads each stream's request and then
 // runs serve.
 func dialAgent(t *testing.T, serve func(st *yamux.Stream)) *Client {
-	host, guest := socketPair(t)
-	t.Cleanup(func() { guest.Close() })
-	go func() {
-		br := bufio.NewReader(guest)
-		nonce := readHello(t, br)
-		fmt.Fprintf(guest, "BANGER-AGENT-OK 1.2 %s evil\n", nonce)
-		sess, err := yamux.Server(&bufConn{Conn: guest, r: br}, yamuxConfig(nil, 16))
-		if err != nil {
+	return fakeAgent(t, "1.2", "evil", func(st *yamux.Stream) {
+		if _, _, err := newFrameReader(st).next(); err != nil {
 			return
 		}
-		for {
-			st, err := sess.AcceptStream()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer st.Close()
-				if _, _, err := newFrameReader(st).next(); err != nil {
-					return
-				}
-				serve(st)
-				time.Sleep(time.Second) // leave the host to read what was sent
-			}()
-		}
-	}()
-	c, err := NewClient(testCtx(t, 10*time.Second), host, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+		serve(st)
+		time.Sleep(time.Second) // leave the host to read what was sent
+	})
 }
 
 // FuzzDialFrames: whatever a guest sends on a connected dial stream, the

@@ -3,59 +3,63 @@ package agent
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
-	"os"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
 
+// Harness is agenttest's harness (socket pairs, a real agent with its
+// client, loopback services), the one the host side's tests run. Package
+// agent cannot import agenttest (it imports agent), so harness_ext_test.go,
+// in package agent_test, sets these before any test runs.
+var Harness struct {
+	SocketPair func(testing.TB) (net.Conn, net.Conn)
+	Start      func(testing.TB, *Server) *Client
+	Service    func(testing.TB, func(c *net.TCPConn)) int
+	Echo       func(c *net.TCPConn)
+	ClosedPort func(testing.TB) int
+	RoundTrip  func(c halfCloser, payload []byte) ([]byte, error)
+	Echoes     func(t testing.TB, conns int, dial func() (halfCloser, error))
+}
+
+// halfCloser is agenttest.HalfCloser.
+type halfCloser = interface {
+	io.ReadWriteCloser
+	CloseWrite() error
+}
+
 // socketPair is an in-kernel byte stream, the closest stand-in for a
 // virtio-serial port or a vsock connection.
-func socketPair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn := func(fd int) net.Conn {
-		f := os.NewFile(uintptr(fd), "socketpair")
-		defer f.Close()
-		c, err := net.FileConn(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-	return conn(fds[0]), conn(fds[1])
-}
+func socketPair(t *testing.T) (net.Conn, net.Conn) { t.Helper(); return Harness.SocketPair(t) }
 
 // pair starts srv on one end of a socket pair and returns a client on the
 // other; both are torn down when the test ends.
-func pair(t *testing.T, srv *Server) *Client {
+func pair(t *testing.T, srv *Server) *Client { t.Helper(); return Harness.Start(t, srv) }
+
+// service listens on 127.0.0.1 (the "guest's" loopback: the agent under
+// test runs in this process) and runs handle for every connection.
+func service(t *testing.T, handle func(c *net.TCPConn)) int {
 	t.Helper()
-	host, guest := socketPair(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.ServeConn(ctx, guest) }()
-	hctx, hcancel := context.WithTimeout(ctx, 10*time.Second)
-	defer hcancel()
-	c, err := NewClient(hctx, host, nil)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c.Close()
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Error("ServeConn did not return after the client closed")
-		}
-	})
-	return c
+	return Harness.Service(t, handle)
+}
+
+// echo copies input back and half-closes at its end.
+func echo(c *net.TCPConn) { Harness.Echo(c) }
+
+// closedPort is a port nothing listens on.
+func closedPort(t *testing.T) int { t.Helper(); return Harness.ClosedPort(t) }
+
+// roundTrip sends payload, half-closes, and returns all that comes back;
+// after 30 s it gives up (closes c).
+func roundTrip(c *Conn, payload []byte) ([]byte, error) { return Harness.RoundTrip(c, payload) }
+
+// echoes round-trips a random payload on each of conns connections from dial
+// at once, to an echo; each failure is a t.Error.
+func echoes(t *testing.T, conns int, dial func() (halfCloser, error)) {
+	t.Helper()
+	Harness.Echoes(t, conns, dial)
 }
 
 func testCtx(t *testing.T, d time.Duration) context.Context {

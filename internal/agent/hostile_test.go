@@ -16,15 +16,47 @@ import (
 	"github.com/hashicorp/yamux"
 )
 
-// fakeAgent does the agent's handshake on guest and then runs serve on every
-// stream the host opens.
-func fakeAgent(t *testing.T, guest net.Conn, serve func(st *yamux.Stream)) {
-	go func() {
-		br := bufio.NewReader(guest)
-		nonce := readHello(t, br)
-		fmt.Fprintf(guest, "BANGER-AGENT-OK 1.0 %s evil\n", nonce)
-		sess, err := yamux.Server(&bufConn{Conn: guest, r: br}, yamuxConfig(nil, 16))
-		if err != nil {
+// fakeHandshake answers the host's hello on guest as an agent of protocol
+// proto and build version; the reader holds what the host sends after it.
+func fakeHandshake(t *testing.T, guest net.Conn, proto, version string) *bufio.Reader {
+	br := bufio.NewReader(guest)
+	nonce := readHello(t, br)
+	fmt.Fprintf(guest, "BANGER-AGENT-OK %s %s %s\n", proto, nonce, version)
+	return br
+}
+
+// fakeSession is fakeHandshake and then the agent's end of the session; nil
+// if that failed.
+func fakeSession(t *testing.T, guest net.Conn, proto, version string) *yamux.Session {
+	br := fakeHandshake(t, guest, proto, version)
+	sess, err := yamux.Server(&bufConn{Conn: guest, r: br}, yamuxConfig(nil, 16))
+	if err != nil {
+		return nil
+	}
+	return sess
+}
+
+// fakeClient runs fake on the guest end of a socket pair and returns the
+// host's client on the other; both ends are closed when the test ends.
+func fakeClient(t *testing.T, fake func(guest net.Conn)) *Client {
+	host, guest := socketPair(t)
+	t.Cleanup(func() { guest.Close() })
+	go fake(guest)
+	c, err := NewClient(testCtx(t, 10*time.Second), host, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// fakeAgent is a client of a fake agent of protocol proto and build version
+// that runs serve on every stream the host opens, each in its own goroutine
+// and closed after.
+func fakeAgent(t *testing.T, proto, version string, serve func(st *yamux.Stream)) *Client {
+	return fakeClient(t, func(guest net.Conn) {
+		sess := fakeSession(t, guest, proto, version)
+		if sess == nil {
 			return
 		}
 		for {
@@ -34,31 +66,27 @@ func fakeAgent(t *testing.T, guest net.Conn, serve func(st *yamux.Stream)) {
 			}
 			go func() {
 				defer st.Close()
-				_, p, err := newFrameReader(st).next() // the request
-				if err != nil {
-					return
-				}
-				// An exec is started: what follows is the hostile part.
-				var req request
-				if json.Unmarshal(p, &req) == nil && req.Op == opExec {
-					_ = (&frameWriter{w: st}).write(frameStarted, nil)
-				}
 				serve(st)
 			}()
 		}
-	}()
+	})
 }
 
+// hostileClient is a client of a fake 1.0 agent that reads each stream's
+// request (and reports an exec started) and then runs serve.
 func hostileClient(t *testing.T, serve func(st *yamux.Stream)) *Client {
-	host, guest := socketPair(t)
-	t.Cleanup(func() { guest.Close() })
-	fakeAgent(t, guest, serve)
-	c, err := NewClient(testCtx(t, 10*time.Second), host, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	return fakeAgent(t, "1.0", "evil", func(st *yamux.Stream) {
+		_, p, err := newFrameReader(st).next() // the request
+		if err != nil {
+			return
+		}
+		// An exec is started: what follows is the hostile part.
+		var req request
+		if json.Unmarshal(p, &req) == nil && req.Op == opExec {
+			_ = (&frameWriter{w: st}).write(frameStarted, nil)
+		}
+		serve(st)
+	})
 }
 
 func header(t byte, n uint32) []byte {
@@ -193,25 +221,16 @@ func TestHostileAgent(t *testing.T) {
 }
 
 func TestAgentOpenedStreamEndsSession(t *testing.T) {
-	host, guest := socketPair(t)
-	defer guest.Close()
-	go func() {
-		br := bufio.NewReader(guest)
-		nonce := readHello(t, br)
-		fmt.Fprintf(guest, "BANGER-AGENT-OK 1.0 %s evil\n", nonce)
-		sess, err := yamux.Server(&bufConn{Conn: guest, r: br}, yamuxConfig(nil, 16))
-		if err != nil {
+	c := fakeClient(t, func(guest net.Conn) {
+		sess := fakeSession(t, guest, "1.0", "evil")
+		if sess == nil {
 			return
 		}
 		st, err := sess.OpenStream()
 		if err == nil {
 			st.Write([]byte("hello"))
 		}
-	}()
-	c, err := NewClient(testCtx(t, 10*time.Second), host, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	})
 	select {
 	case <-c.Done():
 	case <-time.After(5 * time.Second):
@@ -263,13 +282,9 @@ func FuzzFrameReader(f *testing.F) {
 // TestPingFloodEndsSession: an agent writing ping SYNs without reading the
 // replies must not grow the host (yamux answers each from a goroutine).
 func TestPingFloodEndsSession(t *testing.T) {
-	host, guest := socketPair(t)
-	defer guest.Close()
 	base := runtime.NumGoroutine()
-	go func() {
-		br := bufio.NewReader(guest)
-		nonce := readHello(t, br)
-		fmt.Fprintf(guest, "BANGER-AGENT-OK 1.0 %s evil\n", nonce)
+	c := fakeClient(t, func(guest net.Conn) {
+		fakeHandshake(t, guest, "1.0", "evil")
 		chunk := make([]byte, 0, 1024*yamuxHeaderSize)
 		for i := 0; i < 1024; i++ {
 			h := make([]byte, yamuxHeaderSize)
@@ -283,12 +298,7 @@ func TestPingFloodEndsSession(t *testing.T) {
 				return
 			}
 		}
-	}()
-	c, err := NewClient(testCtx(t, 10*time.Second), host, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	})
 	deadline := time.After(time.Second)
 	peak := 0
 	for done := false; !done; {
@@ -353,23 +363,13 @@ func TestPingGuard(t *testing.T) {
 // TestOpenStreamHonoursContext: an agent that stops accepting streams must
 // not hold callers past their deadline.
 func TestOpenStreamHonoursContext(t *testing.T) {
-	host, guest := socketPair(t)
-	defer guest.Close()
-	go func() {
-		br := bufio.NewReader(guest)
-		nonce := readHello(t, br)
-		fmt.Fprintf(guest, "BANGER-AGENT-OK 1.0 %s evil\n", nonce)
-		sess, err := yamux.Server(&bufConn{Conn: guest, r: br}, yamuxConfig(nil, 16))
-		if err != nil {
+	c := fakeClient(t, func(guest net.Conn) {
+		sess := fakeSession(t, guest, "1.0", "evil")
+		if sess == nil {
 			return
 		}
 		<-sess.CloseChan() // never accepts
-	}()
-	c, err := NewClient(testCtx(t, 10*time.Second), host, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	})
 	for i := 0; i < 3; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		start := time.Now()

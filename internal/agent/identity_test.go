@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -615,40 +614,17 @@ func TestReidentifyStepFails(t *testing.T) {
 // fakeOldAgent answers the handshake with protocol version proto and every
 // operation with "unknown operation"; it counts the streams opened.
 func fakeOldAgent(t *testing.T, proto string) (*Client, *atomic.Int32) {
-	host, guest := socketPair(t)
-	t.Cleanup(func() { guest.Close() })
 	var streams atomic.Int32
-	go func() {
-		br := bufio.NewReader(guest)
-		nonce := readHello(t, br)
-		fmt.Fprintf(guest, "BANGER-AGENT-OK %s %s old\n", proto, nonce)
-		sess, err := yamux.Server(&bufConn{Conn: guest, r: br}, yamuxConfig(nil, 16))
+	c := fakeAgent(t, proto, "old", func(st *yamux.Stream) {
+		streams.Add(1)
+		_, p, err := newFrameReader(st).next()
 		if err != nil {
 			return
 		}
-		for {
-			st, err := sess.AcceptStream()
-			if err != nil {
-				return
-			}
-			streams.Add(1)
-			go func() {
-				defer st.Close()
-				_, p, err := newFrameReader(st).next()
-				if err != nil {
-					return
-				}
-				var req request
-				_ = json.Unmarshal(p, &req)
-				_ = (&frameWriter{w: st}).writeJSON(frameError, errorMsg{Message: fmt.Sprintf("unknown operation %q", req.Op)})
-			}()
-		}
-	}()
-	c, err := NewClient(testCtx(t, 10*time.Second), host, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+		var req request
+		_ = json.Unmarshal(p, &req)
+		_ = (&frameWriter{w: st}).writeJSON(frameError, errorMsg{Message: fmt.Sprintf("unknown operation %q", req.Op)})
+	})
 	return c, &streams
 }
 

@@ -1,14 +1,11 @@
 package agent
 
 import (
-	"bufio"
 	"errors"
-	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/hashicorp/yamux"
 )
 
 // An exec that fails before the agent reports the process started is
@@ -20,15 +17,10 @@ func TestExecNotStarted(t *testing.T) {
 		started bool
 	}{{"closed before start", false}, {"closed after start", true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			host, guest := socketPair(t)
-			t.Cleanup(func() { guest.Close() })
 			stdinRead := make(chan struct{}, 1)
-			go func() {
-				br := bufio.NewReader(guest)
-				nonce := readHello(t, br)
-				fmt.Fprintf(guest, "BANGER-AGENT-OK 1.0 %s test\n", nonce)
-				sess, err := yamux.Server(&bufConn{Conn: guest, r: br}, yamuxConfig(nil, 16))
-				if err != nil {
+			c := fakeClient(t, func(guest net.Conn) {
+				sess := fakeSession(t, guest, "1.0", "test")
+				if sess == nil {
 					return
 				}
 				st, err := sess.AcceptStream()
@@ -48,13 +40,8 @@ func TestExecNotStarted(t *testing.T) {
 					stdinRead <- struct{}{}
 				}
 				sess.Close() // the agent dies
-			}()
-			c, err := NewClient(testCtx(t, 10*time.Second), host, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			_, err = c.Exec(testCtx(t, 10*time.Second), ExecRequest{Command: "cat", Stdin: strings.NewReader("data")})
+			})
+			_, err := c.Exec(testCtx(t, 10*time.Second), ExecRequest{Command: "cat", Stdin: strings.NewReader("data")})
 			if err == nil {
 				t.Fatal("exec on a dying agent succeeded")
 			}

@@ -2,15 +2,11 @@ package forward
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
-	mrand "math/rand/v2"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,41 +15,9 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/agent"
+	"github.com/banger-dev/banger/internal/agent/agenttest"
 	"github.com/banger-dev/banger/internal/api"
 )
-
-// agentPair runs a real guest agent on one end of a socket pair and returns
-// the host's client on the other: the "guest" is this process, its loopback
-// the test's.
-func agentPair(t *testing.T) *agent.Client {
-	t.Helper()
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn := func(fd int) net.Conn {
-		f := os.NewFile(uintptr(fd), "socketpair")
-		defer f.Close()
-		c, err := net.FileConn(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-	host, guest := conn(fds[0]), conn(fds[1])
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = (&agent.Server{}).ServeConn(ctx, guest) }()
-	hctx, hcancel := context.WithTimeout(ctx, 10*time.Second)
-	defer hcancel()
-	c, err := agent.NewClient(hctx, host, nil)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); cancel(); <-done })
-	return c
-}
 
 // fakeVMs is the VM service: VMs by name, id "id-NAME", reached through
 // one agent client; it counts holds.
@@ -118,68 +82,10 @@ func (f *fakeVMs) Dial(ctx context.Context, id string, port int) (Conn, func(), 
 }
 
 func setup(t *testing.T) (*Manager, *fakeVMs) {
-	vms := &fakeVMs{client: agentPair(t), running: map[string]bool{"web": true, "off": false}}
+	vms := &fakeVMs{client: agenttest.Start(t, &agent.Server{}), running: map[string]bool{"web": true, "off": false}}
 	m := New(Deps{VMs: vms})
 	t.Cleanup(m.Close)
 	return m, vms
-}
-
-// service listens on 127.0.0.1 and runs handle per connection.
-func service(t *testing.T, handle func(c *net.TCPConn)) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	open := map[net.Conn]bool{}
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for c := range open { // a failed test may leave them
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			open[c] = true
-			mu.Unlock()
-			wg.Go(func() {
-				defer func() {
-					mu.Lock()
-					delete(open, c)
-					mu.Unlock()
-					c.Close()
-				}()
-				handle(c.(*net.TCPConn))
-			})
-		}
-	})
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func echo(c *net.TCPConn) {
-	if _, err := io.Copy(c, c); err == nil {
-		_ = c.CloseWrite()
-	}
-	_, _ = io.Copy(io.Discard, c)
-}
-
-func closedPort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 func start(t *testing.T, m *Manager, p api.ForwardParams) *Forward {
@@ -218,41 +124,15 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // back in order (sha-checked), each connection held and released.
 func TestForwardEchoes(t *testing.T) {
 	m, vms := setup(t)
-	f := start(t, m, api.ForwardParams{Name: "web", GuestPort: service(t, echo)})
+	f := start(t, m, api.ForwardParams{Name: "web", GuestPort: agenttest.Service(t, agenttest.Echo)})
 	const conns = 50
-	var wg sync.WaitGroup
-	errs := make(chan error, conns)
-	for i := range conns {
-		wg.Go(func() {
-			payload := make([]byte, mrand.IntN(1<<20)+i)
-			_, _ = rand.Read(payload)
-			c, err := net.DialTimeout("tcp", f.Local(), 5*time.Second)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-			go func() {
-				if _, err := c.Write(payload); err == nil {
-					_ = c.(*net.TCPConn).CloseWrite()
-				}
-			}()
-			got, err := io.ReadAll(c)
-			if err != nil {
-				errs <- fmt.Errorf("conn %d: %w", i, err)
-				return
-			}
-			if sha256.Sum256(got) != sha256.Sum256(payload) {
-				errs <- fmt.Errorf("conn %d: %d bytes back for %d sent, or different ones", i, len(got), len(payload))
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	agenttest.Echoes(t, conns, func() (agenttest.HalfCloser, error) {
+		c, err := net.DialTimeout("tcp", f.Local(), 5*time.Second)
+		if err != nil {
+			return nil, err
+		}
+		return c.(*net.TCPConn), nil
+	})
 	waitFor(t, "every connection to end", func() bool { return f.View().Open == 0 && vms.holds.Load() == 0 })
 	if v := f.View(); v.Served != conns || v.Failed != 0 || v.VM != "web" || v.Detached {
 		t.Fatalf("view %+v", v)
@@ -261,7 +141,7 @@ func TestForwardEchoes(t *testing.T) {
 
 func TestForwardHalfClose(t *testing.T) {
 	m, _ := setup(t)
-	f := start(t, m, api.ForwardParams{Name: "web", GuestPort: service(t, func(s *net.TCPConn) {
+	f := start(t, m, api.ForwardParams{Name: "web", GuestPort: agenttest.Service(t, func(s *net.TCPConn) {
 		b, _ := io.ReadAll(s)
 		fmt.Fprintf(s, "got %q", b)
 	})})
@@ -283,7 +163,7 @@ func TestForwardHalfClose(t *testing.T) {
 // is reset at once; the forward stays up, counts it and says why.
 func TestForwardDialFailure(t *testing.T) {
 	m, vms := setup(t)
-	port := closedPort(t)
+	port := agenttest.ClosedPort(t)
 	f := start(t, m, api.ForwardParams{Name: "web", GuestPort: port})
 	// The reset can beat the dial's own completion check on loopback, so
 	// it may surface from Dial rather than from the first read.
@@ -342,11 +222,11 @@ func listening(addr string) bool {
 // open connections closed, holds released, the reason reported.
 func TestForwardStopVM(t *testing.T) {
 	// No Close at the end: a StopVM that fails to stop would hang it.
-	vms := &fakeVMs{client: agentPair(t), running: map[string]bool{"web": true}}
+	vms := &fakeVMs{client: agenttest.Start(t, &agent.Server{}), running: map[string]bool{"web": true}}
 	m := New(Deps{VMs: vms})
 	hold := make(chan struct{})
 	defer close(hold)
-	port := service(t, func(s *net.TCPConn) { _, _ = s.Write([]byte("hi")); <-hold })
+	port := agenttest.Service(t, func(s *net.TCPConn) { _, _ = s.Write([]byte("hi")); <-hold })
 	f := start(t, m, api.ForwardParams{Name: "web", GuestPort: port, Detach: true})
 	g := start(t, m, api.ForwardParams{Name: "web", GuestPort: port})
 	c := dialLocal(t, f)
@@ -391,10 +271,10 @@ func TestForwardStopVM(t *testing.T) {
 
 func TestForwardStop(t *testing.T) {
 	m, _ := setup(t)
-	port := service(t, echo)
+	port := agenttest.Service(t, agenttest.Echo)
 	a := start(t, m, api.ForwardParams{Name: "web", GuestPort: port, Detach: true})
 	b := start(t, m, api.ForwardParams{Name: "web", GuestPort: port, Detach: true})
-	other := start(t, m, api.ForwardParams{Name: "web", GuestPort: closedPort(t), Detach: true})
+	other := start(t, m, api.ForwardParams{Name: "web", GuestPort: agenttest.ClosedPort(t), Detach: true})
 	// One by its local address, then the rest of the port.
 	got, err := m.Stop(context.Background(), api.ForwardStopParams{Name: "web", GuestPort: port, Local: a.Local()})
 	if err != nil || len(got) != 1 || got[0].Local != a.Local() || listening(a.Local()) || !listening(b.Local()) {
@@ -466,11 +346,11 @@ func TestForwardClose(t *testing.T) {
 // TestForwardMaxConns: beyond the bound clients wait; they are served as
 // others end.
 func TestForwardMaxConns(t *testing.T) {
-	vms := &fakeVMs{client: agentPair(t), running: map[string]bool{"web": true}}
+	vms := &fakeVMs{client: agenttest.Start(t, &agent.Server{}), running: map[string]bool{"web": true}}
 	m := New(Deps{VMs: vms, MaxConns: 2})
 	t.Cleanup(m.Close)
 	var accepted atomic.Int32
-	port := service(t, func(s *net.TCPConn) { accepted.Add(1); echo(s) })
+	port := agenttest.Service(t, func(s *net.TCPConn) { accepted.Add(1); agenttest.Echo(s) })
 	f := start(t, m, api.ForwardParams{Name: "web", GuestPort: port})
 	cs := []*net.TCPConn{dialLocal(t, f), dialLocal(t, f), dialLocal(t, f)}
 	waitFor(t, "two connections", func() bool { return accepted.Load() == 2 })

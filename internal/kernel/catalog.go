@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -26,6 +25,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/download"
 	"github.com/banger-dev/banger/internal/tarsafe"
 )
 
@@ -186,110 +186,28 @@ type Puller struct {
 	// Insecure allows http:// for the catalog and its downloads (and
 	// redirects to http); otherwise only https is fetched.
 	Insecure bool
-	// Timeouts (zero = the defaults below). A transfer may take as long as
-	// it needs while bytes keep arriving; IdleTimeout bounds a stall.
+	// Timeouts (zero = the download package's defaults). A transfer may
+	// take as long as it needs while bytes keep arriving; IdleTimeout
+	// bounds a stall.
 	ConnectTimeout, TLSTimeout, HeaderTimeout, IdleTimeout time.Duration
-	Client                                                 *http.Client // nil = one built from the timeouts
+	// Client does the requests; nil = one built from the timeouts. Either
+	// way a redirect is checked like the first URL.
+	Client *http.Client
 }
 
-// Default download timeouts.
-const (
-	defaultConnectTimeout = 30 * time.Second
-	defaultTLSTimeout     = 30 * time.Second
-	defaultHeaderTimeout  = 60 * time.Second
-	defaultIdleTimeout    = 60 * time.Second
-)
-
-func orDefault(d, def time.Duration) time.Duration {
-	if d > 0 {
-		return d
-	}
-	return def
-}
-
-func (p *Puller) client() *http.Client {
-	if p.Client != nil {
-		return p.Client
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.DialContext = (&net.Dialer{Timeout: orDefault(p.ConnectTimeout, defaultConnectTimeout), KeepAlive: 30 * time.Second}).DialContext
-	tr.TLSHandshakeTimeout = orDefault(p.TLSTimeout, defaultTLSTimeout)
-	tr.ResponseHeaderTimeout = orDefault(p.HeaderTimeout, defaultHeaderTimeout)
-	return &http.Client{Transport: tr, CheckRedirect: func(req *http.Request, via []*http.Request) error {
-		if len(via) >= 10 {
-			return errors.New("stopped after 10 redirects")
-		}
-		return p.checkScheme("redirect", req.URL)
-	}}
-}
-
-// checkScheme refuses anything but https unless Insecure (then http too).
-func (p *Puller) checkScheme(what string, u *url.URL) error {
-	switch {
-	case u.Scheme == "https":
-		return nil
-	case u.Scheme == "http" && p.Insecure:
-		return nil
-	case u.Scheme == "http":
-		return fmt.Errorf("%s %s is plain http, which anyone on the path can rewrite; use https or --insecure: %w", what, u.Redacted(), api.ErrInvalid)
-	}
-	return fmt.Errorf("%s %q: want https: %w", what, u.Redacted(), api.ErrInvalid)
-}
-
-// get issues a GET whose body read fails once no byte arrived for
-// IdleTimeout (the whole transfer is not bounded: kernels are large and
-// links slow). The returned cancel must be called when done.
+// get issues a GET through a download.Getter made from p's current fields
+// (the whole transfer is not bounded: kernels are large and links slow).
+// The returned cancel must be called when done.
 func (p *Puller) get(ctx context.Context, what, rawURL string, hdr http.Header) (*http.Response, io.Reader, context.CancelFunc, error) {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("%s url %q: %v: %w", what, rawURL, err, api.ErrInvalid)
+	g := &download.Getter{
+		Insecure:       p.Insecure,
+		ConnectTimeout: p.ConnectTimeout,
+		TLSTimeout:     p.TLSTimeout,
+		HeaderTimeout:  p.HeaderTimeout,
+		IdleTimeout:    p.IdleTimeout,
+		Client:         p.Client,
 	}
-	if err := p.checkScheme(what, u); err != nil {
-		return nil, nil, nil, err
-	}
-	idle := orDefault(p.IdleTimeout, defaultIdleTimeout)
-	ctx, cancelCause := context.WithCancelCause(ctx)
-	errIdle := fmt.Errorf("no data for %v (idle timeout)", idle)
-	timer := time.AfterFunc(idle, func() { cancelCause(errIdle) })
-	cancel := func() { timer.Stop(); cancelCause(nil) }
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
-	if err != nil {
-		cancel()
-		return nil, nil, nil, err
-	}
-	for k, v := range hdr {
-		req.Header[k] = v
-	}
-	timer.Stop() // the header phase has its own timeout
-	resp, err := p.client().Do(req)
-	if err != nil {
-		cancel()
-		return nil, nil, nil, fmt.Errorf("%s: %w", what, err)
-	}
-	timer.Reset(idle)
-	return resp, &idleReader{r: resp.Body, timer: timer, idle: idle, ctx: ctx}, cancel, nil
-}
-
-// idleReader pushes the idle deadline back on every byte read and reports
-// the idle timeout, not a bare "context canceled", when it fired.
-type idleReader struct {
-	r     io.Reader
-	timer *time.Timer
-	idle  time.Duration
-	ctx   context.Context
-}
-
-func (r *idleReader) Read(b []byte) (int, error) {
-	n, err := r.r.Read(b)
-	if n > 0 {
-		r.timer.Reset(r.idle)
-	}
-	if err != nil && err != io.EOF {
-		if cause := context.Cause(r.ctx); cause != nil && !errors.Is(cause, context.Canceled) {
-			err = cause
-		}
-	}
-	return n, err
+	return g.Get(ctx, what, rawURL, hdr)
 }
 
 // FetchCatalog downloads and parses the catalog at catalogURL.

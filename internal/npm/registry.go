@@ -9,10 +9,8 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -21,27 +19,24 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/download"
 )
 
 // DefaultRegistry is the public npm registry.
 const DefaultRegistry = "https://registry.npmjs.org"
 
-// Limits and timeouts of registry reads.
+// Limits of registry reads.
 const (
 	// maxMetadataBytes bounds a version document (opencode's is ~2 KiB; the
 	// full packument of a big package is far larger, but we never read it).
 	maxMetadataBytes = 4 << 20
 	maxNameLen       = 214 // npm's own limit
 	maxVersionLen    = 64
-
-	defaultConnectTimeout = 30 * time.Second
-	defaultTLSTimeout     = 30 * time.Second
-	defaultHeaderTimeout  = 60 * time.Second
-	defaultIdleTimeout    = 60 * time.Second
 )
 
-// Registry reads package metadata and tarballs from an npm registry. It
-// must not be copied after first use.
+// Registry reads package metadata and tarballs from an npm registry.
+// Insecure, Client and IdleTimeout are read at first use; it must not be
+// copied after that.
 type Registry struct {
 	URL string // base URL, e.g. DefaultRegistry ("" = DefaultRegistry)
 	// Insecure allows http:// for the registry and redirects; otherwise
@@ -55,8 +50,8 @@ type Registry struct {
 	// links slow.
 	IdleTimeout time.Duration
 
-	once  sync.Once
-	built *http.Client
+	once sync.Once
+	dl   *download.Getter
 }
 
 // Dist is one published version's tarball.
@@ -140,109 +135,25 @@ func (r *Registry) base() (*url.URL, error) {
 	if err != nil || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
 		return nil, fmt.Errorf("npm registry url %q: want https://host[/path]: %w", raw, api.ErrInvalid)
 	}
-	if err := r.checkScheme("npm registry", u); err != nil {
+	if err := r.getter().CheckScheme("npm registry", u); err != nil {
 		return nil, err
 	}
 	return u, nil
 }
 
-// checkScheme refuses anything but https unless Insecure (then http too).
-func (r *Registry) checkScheme(what string, u *url.URL) error {
-	switch {
-	case u.Scheme == "https":
-		return nil
-	case u.Scheme == "http" && r.Insecure:
-		return nil
-	case u.Scheme == "http":
-		return fmt.Errorf("%s %s is plain http, which anyone on the path can rewrite; use https or --insecure: %w", what, u.Redacted(), api.ErrInvalid)
-	}
-	return fmt.Errorf("%s %q: want https: %w", what, u.Redacted(), api.ErrInvalid)
-}
-
-func (r *Registry) checkRedirect(req *http.Request, via []*http.Request) error {
-	if len(via) >= 10 {
-		return errors.New("stopped after 10 redirects")
-	}
-	return r.checkScheme("redirect", req.URL)
-}
-
-// client is built once, so the metadata and tarball requests share
+// getter is built once, so the metadata and tarball requests share
 // connections.
-func (r *Registry) client() *http.Client {
+func (r *Registry) getter() *download.Getter {
 	r.once.Do(func() {
-		if r.Client != nil {
-			c := *r.Client
-			if c.CheckRedirect == nil {
-				c.CheckRedirect = r.checkRedirect
-			}
-			r.built = &c
-			return
-		}
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.DialContext = (&net.Dialer{Timeout: defaultConnectTimeout, KeepAlive: 30 * time.Second}).DialContext
-		tr.TLSHandshakeTimeout = defaultTLSTimeout
-		tr.ResponseHeaderTimeout = defaultHeaderTimeout
-		r.built = &http.Client{Transport: tr, CheckRedirect: r.checkRedirect}
+		r.dl = &download.Getter{Insecure: r.Insecure, Client: r.Client, IdleTimeout: r.IdleTimeout}
 	})
-	return r.built
+	return r.dl
 }
 
 // get issues a GET whose body reads fail once no byte arrived for
 // IdleTimeout. The caller closes resp.Body and calls cancel.
 func (r *Registry) get(ctx context.Context, what, rawURL string) (*http.Response, io.Reader, context.CancelFunc, error) {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("%s url %q: %v: %w", what, rawURL, err, api.ErrInvalid)
-	}
-	if err := r.checkScheme(what, u); err != nil {
-		return nil, nil, nil, err
-	}
-	idle := r.IdleTimeout
-	if idle <= 0 {
-		idle = defaultIdleTimeout
-	}
-	ctx, cancelCause := context.WithCancelCause(ctx)
-	errIdle := fmt.Errorf("no data for %v (idle timeout)", idle)
-	timer := time.AfterFunc(idle, func() { cancelCause(errIdle) })
-	timer.Stop() // the header phase has the client's own timeout
-	cancel := func() { timer.Stop(); cancelCause(nil) }
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-	if err != nil {
-		cancel()
-		return nil, nil, nil, fmt.Errorf("%s: %w", what, err)
-	}
-	req.Header.Set("Accept", "application/json, application/octet-stream")
-	resp, err := r.client().Do(req)
-	if err != nil {
-		cancel()
-		return nil, nil, nil, fmt.Errorf("%s: %w", what, err)
-	}
-	timer.Reset(idle)
-	return resp, &idleReader{r: resp.Body, timer: timer, idle: idle, ctx: ctx}, cancel, nil
-}
-
-// idleReader pushes the idle deadline back on every byte read and reports
-// the idle timeout, not a bare "context canceled", when it fired. A
-// cancelled chunked response may end in a clean-looking io.EOF: after the
-// timeout fired, that is reported as the timeout too.
-type idleReader struct {
-	r     io.Reader
-	timer *time.Timer
-	idle  time.Duration
-	ctx   context.Context
-}
-
-func (r *idleReader) Read(b []byte) (int, error) {
-	n, err := r.r.Read(b)
-	if n > 0 {
-		r.timer.Reset(r.idle)
-	}
-	if err != nil {
-		if cause := context.Cause(r.ctx); cause != nil && !errors.Is(cause, context.Canceled) {
-			err = cause
-		}
-	}
-	return n, err
+	return r.getter().Get(ctx, what, rawURL, http.Header{"Accept": {"application/json, application/octet-stream"}})
 }
 
 // escapeName is name as one path segment: a scoped name's '/' is %2f, as
