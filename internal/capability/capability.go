@@ -84,6 +84,14 @@ type Capability interface {
 	Connect(vm VM, host string) Connection
 }
 
+// Carrier is a capability that keeps files in the VM's directory which a
+// snapshot must carry to the VMs restored from it: their guests still use
+// them (opencode's password).
+type Carrier interface {
+	// Files are names relative to the VM's directory.
+	Files() []string
+}
+
 // Connection is how the host reaches a capability's service.
 type Connection struct {
 	Command      string // e.g. "opencode attach http://ai.vm:4096"

@@ -427,6 +427,10 @@ func (o *Opencode) Connect(vm VM, host string) Connection {
 	}
 }
 
+// Files is what a snapshot carries: the restored server keeps the
+// password it was started with.
+func (o *Opencode) Files() []string { return []string{opencodePasswordFile} }
+
 // Cached lists the opencode binaries the host keeps.
 func (o *Opencode) Cached() ([]npm.File, error) {
 	all, err := o.Fetch.List()

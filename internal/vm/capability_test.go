@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/capability"
+	"github.com/banger-dev/banger/internal/store"
 )
 
 // fakeCap is a capability that keeps what it holds: a host resource taken
@@ -239,5 +241,75 @@ func TestCapabilityCreateRefusals(t *testing.T) {
 	}
 	if pol, _ := f.st.NetPolicy(ctx, v.ID); !pol.NAT {
 		t.Fatal("--cap nat did not turn NAT on")
+	}
+}
+
+// fakeCarrier is a capability that keeps a secret in the VM's directory.
+type fakeCarrier struct{ *fakeCap }
+
+func (fakeCarrier) Files() []string { return []string{"alpha.secret"} }
+
+// TestSnapshotCarriesCapabilities: a snapshot keeps which capabilities its
+// VM had and the files they hold, and a restore gets both — and nothing a
+// tampered list names beyond what a capability declares.
+func TestSnapshotCarriesCapabilities(t *testing.T) {
+	f, _ := snapFixture(t)
+	var order []string
+	a := fakeCarrier{&fakeCap{name: "alpha", h: f.h, held: map[string]bool{}, cleanups: &order}}
+	f.deps.Caps = capability.NewRegistry(a, capability.NAT{})
+	f.svc = New(f.deps)
+	ctx := context.Background()
+	v, err := f.svc.Create(ctx, api.CreateVMParams{Name: "ai", WorkDisk: "32M", Caps: []string{"alpha@2", "nat"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(v.Dir, "alpha.secret"), []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sn, err := f.svc.Snapshot(ctx, "ai", "ai-ready", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := f.layout.Snapshot(sn.ID)
+	child := store.VM{ID: "c0ffee000001", Dir: t.TempDir()}
+	refs, err := f.svc.capRestore(child, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(refs) != 2 || refs[0] != (capability.Ref{Name: "alpha", Version: "2"}) || refs[1].Name != "nat" {
+		t.Fatalf("carried %+v", refs)
+	}
+	st, err := os.Stat(filepath.Join(child.Dir, "alpha.secret"))
+	if b, _ := os.ReadFile(filepath.Join(child.Dir, "alpha.secret")); err != nil || string(b) != "s3cret\n" || st.Mode().Perm() != 0o600 {
+		t.Fatalf("carried file %q %v", b, err)
+	}
+	// A list naming a file no capability keeps is refused.
+	if err := os.WriteFile(filepath.Join(dir, snapCapsFile), []byte(`{"caps":[{"name":"alpha"}],"files":["../../etc/x"]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.capRestore(store.VM{Dir: t.TempDir()}, dir); !errors.Is(err, api.ErrInvalid) {
+		t.Fatalf("undeclared file: %v", err)
+	}
+	// A carried file that is a symlink is not followed.
+	if err := os.WriteFile(filepath.Join(dir, snapCapsFile), []byte(`{"caps":[{"name":"alpha"}],"files":["alpha.secret"]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(t.TempDir(), "elsewhere")
+	_ = os.WriteFile(target, []byte("not yours"), 0o600)
+	_ = os.Remove(filepath.Join(dir, snapCapFilePref+"alpha.secret"))
+	if err := os.Symlink(target, filepath.Join(dir, snapCapFilePref+"alpha.secret")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.capRestore(store.VM{Dir: t.TempDir()}, dir); err == nil {
+		t.Fatal("a symlinked carried file was followed")
+	}
+	// A snapshot of a VM without capabilities carries none.
+	f.create(t, "plain")
+	sn2, err := f.svc.Snapshot(ctx, "plain", "plain-ready", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if refs, err := f.svc.capRestore(store.VM{Dir: t.TempDir()}, f.layout.Snapshot(sn2.ID)); err != nil || refs != nil {
+		t.Fatalf("plain snapshot carries %v %v", refs, err)
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/agent"
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/capability"
 	"github.com/banger-dev/banger/internal/disk"
 	"github.com/banger-dev/banger/internal/guest"
 	"github.com/banger-dev/banger/internal/paths"
@@ -235,6 +236,9 @@ func (s *Service) takeSnapshot(ctx context.Context, v store.VM, spec vmm.Spec, s
 	}
 	if _, err := disk.Clone(ctx, s.workPath(v), filepath.Join(tmp, snapWorkFile)); err != nil {
 		return store.Snapshot{}, fmt.Errorf("snapshot vm %q: work disk: %w", v.Name, err)
+	}
+	if err := s.capSnapshot(ctx, v, tmp); err != nil {
+		return store.Snapshot{}, fmt.Errorf("snapshot vm %q: %w", v.Name, err)
 	}
 	metaJSON, err := json.Marshal(meta)
 	if err != nil {
@@ -517,9 +521,19 @@ func (s *Service) createFrom(ctx context.Context, p api.CreateVMParams, sn store
 	unlock := s.lock(v.ID)
 	defer unlock()
 	var workFormat string
+	var caps []capability.Ref
 	steps := []step{
-		{name: "vm_dir", do: func(ctx context.Context) error { return os.MkdirAll(v.Dir, 0o700) },
-			undo: func(ctx context.Context) error { return os.RemoveAll(v.Dir) }},
+		{name: "vm_dir", do: func(ctx context.Context) error {
+			if err := os.MkdirAll(v.Dir, 0o700); err != nil {
+				return err
+			}
+			// The restored guest runs what its capabilities started, with
+			// their secrets: the new VM keeps them (and repeats their
+			// hooks at each start).
+			var rerr error
+			caps, rerr = s.capRestore(v, dir)
+			return rerr
+		}, undo: func(ctx context.Context) error { return os.RemoveAll(v.Dir) }},
 		{name: "identity", do: func(ctx context.Context) error { return s.makeIdentity(v) },
 			undo: func(ctx context.Context) error { return s.d.KnownHosts.Remove(v.GuestIP, v.Name+".vm") }},
 		// Both disks cost what changes: reflinks, else qcow2 overlays on the
@@ -547,6 +561,9 @@ func (s *Service) createFrom(ctx context.Context, p api.CreateVMParams, sn store
 				return err
 			}
 			if err := s.d.Store.SetOrigin(ctx, v.ID, sn.ID, formatOr(workFormat)); err != nil {
+				return err
+			}
+			if err := s.recordCaps(ctx, v, caps, nil); err != nil {
 				return err
 			}
 			return s.recordOptions(ctx, v, p)

@@ -265,6 +265,29 @@ func TestCapabilityOpencode(t *testing.T) {
 		t.Fatalf("cached binary %s: %d bytes, sha256 %x; cap list says %d, %s", cached.Path, len(b), sum, cached.Size, cached.Sha256)
 	}
 
+	// A fork carries the capability: the child's server (restored with the
+	// parent's memory) answers by the child's name with the password the
+	// child's directory now holds, and its capability is checked ready.
+	t0 = time.Now()
+	if r := E.bangerRes("vm", "fork", name, "--count", "1", "--name-prefix", "aif"); r.code != 0 {
+		t.Fatalf("vm fork: exit %d\n%s\n%s\nbangerd.log tail:\n%s", r.code, r.stdout, r.stderr, bangerdLogTail())
+	}
+	deleteOnCleanup(t, "aif-1")
+	t.Logf("fork of an opencode VM → child ready in %.1fs", time.Since(t0).Seconds())
+	kid := showCapVM(t, "aif-1")
+	kc := onlyCap(t, kid, "opencode")
+	if kid.State != "running" || kc.State != "ready" || kc.PasswordFile == c.PasswordFile || !strings.Contains(kc.Connect, "aif-1.vm:4096") {
+		t.Fatalf("fork child: state %s, capability %+v", kid.State, kc)
+	}
+	if kpw := readPassword(t, kc); kpw != pw {
+		t.Fatalf("the child's password file does not hold the password its restored server uses")
+	}
+	assertOpencodeAPI(t, resolveVM(t, "aif-1")+":4096", pw)
+	if cached, _ := cachedOpencode(t, capability.OpencodeVersion); !slices.Equal(cached.UsedBy, []string{name, "aif-1"}) {
+		t.Errorf("cache entry used by %v, want [%s aif-1]", cached.UsedBy, name)
+	}
+	must(t, "vm", "delete", "--force", "aif-1")
+
 	// Stop and start: the forward ends with the guest, the server comes
 	// back from the cached binary (no second download).
 	must(t, "vm", "stop", name)
