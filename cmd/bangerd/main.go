@@ -208,6 +208,9 @@ func run() error {
 	}
 	npmCache := &npm.Cache{Dir: filepath.Join(layout.Cache(), "npm"), Log: log,
 		Registry: &npm.Registry{URL: *npmRegistry, Insecure: *npmInsecure}}
+	if err := npmCache.RemoveTemp(); err != nil {
+		log.Warn("npm cache: could not remove interrupted fetches", "err", err)
+	}
 	caps := capability.NewRegistry(&capability.Opencode{Fetch: npmCache, Log: log}, capability.NAT{})
 	vms := vm.New(vm.Deps{Log: log, Layout: layout, Store: st, Runner: runner, Driver: defaultDrv, Drivers: drivers, Net: priv,
 		Subnet: netCfg.Subnet, Gateway: netCfg.Gateway(),

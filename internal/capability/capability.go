@@ -84,14 +84,6 @@ type Capability interface {
 	Connect(vm VM, host string) Connection
 }
 
-// Carrier is a capability that keeps files in the VM's directory which a
-// snapshot must carry to the VMs restored from it: their guests still use
-// them (opencode's password).
-type Carrier interface {
-	// Files are names relative to the VM's directory.
-	Files() []string
-}
-
 // Connection is how the host reaches a capability's service.
 type Connection struct {
 	Command      string // e.g. "opencode attach http://ai.vm:4096"
@@ -171,7 +163,9 @@ func (r *Registry) CleanupAll(ctx context.Context, vm VM, refs []Ref) error {
 	for i := len(refs) - 1; i >= 0; i-- {
 		c, err := r.Lookup(refs[i].Name)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("capability %s: cleanup: %w", refs[i].Name, err))
+			// Not this daemon's (a downgrade, a capability since removed):
+			// it prepared nothing that needs releasing, and refusing would
+			// make the VM impossible to stop or delete.
 			continue
 		}
 		v := vm

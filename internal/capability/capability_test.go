@@ -133,18 +133,19 @@ func TestCleanupAllReverseOrderJoinsEveryError(t *testing.T) {
 	if want := []string{"c@3 vm=vm1", "b@ vm=vm1", "a@1 vm=vm1"}; !slices.Equal(log.entries, want) {
 		t.Fatalf("cleanups ran %v, want %v", log.entries, want)
 	}
-	for _, want := range []error{errA, errC, api.ErrInvalid} {
+	for _, want := range []error{errA, errC} {
 		if !errors.Is(err, want) {
 			t.Errorf("CleanupAll error %v: errors.Is(%v) is false", err, want)
 		}
 	}
-	// Each failing one is named, in the order the cleanups ran.
+	// Each failing one is named, in the order the cleanups ran; one this
+	// registry does not know (a downgrade) held nothing here and is no
+	// failure (else its VM could never be stopped or deleted).
 	lines := strings.Split(err.Error(), "\n")
-	if len(lines) != 3 ||
+	if len(lines) != 2 ||
 		!strings.HasPrefix(lines[0], "capability c: cleanup: c is stuck") ||
-		!strings.HasPrefix(lines[1], `capability gone: cleanup: unknown capability "gone"`) ||
-		!strings.HasPrefix(lines[2], "capability a: cleanup: a is stuck") {
-		t.Fatalf("CleanupAll error:\n%s\nwant c, gone, a named, one a line", err)
+		!strings.HasPrefix(lines[1], "capability a: cleanup: a is stuck") {
+		t.Fatalf("CleanupAll error:\n%s\nwant c, a named, one a line", err)
 	}
 
 	// None failing: nil, and nothing for no refs.

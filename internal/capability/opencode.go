@@ -94,6 +94,11 @@ func (o *Opencode) Info() Info {
 // Configure refuses --cap-env values that would replace banger's own
 // credentials for the server (the readiness check and `vm show` use them).
 func (o *Opencode) Configure(p *api.CreateVMParams, version string) error {
+	// A release number, not a dist-tag: the cache, `cap list` and every
+	// later start must name the same bytes.
+	if version != "" && (version[0] < '0' || version[0] > '9') {
+		return fmt.Errorf("opencode@%s: give a release number (e.g. %s), not a tag: %w", version, OpencodeVersion, api.ErrInvalid)
+	}
 	for k := range p.CapEnv {
 		if strings.HasPrefix(k, "OPENCODE_SERVER_") {
 			return fmt.Errorf("--cap-env %s: banger sets the server's credentials (the password is in the VM's %s): %w", k, opencodePasswordFile, api.ErrInvalid)
@@ -426,10 +431,6 @@ func (o *Opencode) Connect(vm VM, host string) Connection {
 		PasswordFile: pf,
 	}
 }
-
-// Files is what a snapshot carries: the restored server keeps the
-// password it was started with.
-func (o *Opencode) Files() []string { return []string{opencodePasswordFile} }
 
 // Cached lists the opencode binaries the host keeps.
 func (o *Opencode) Cached() ([]npm.File, error) {

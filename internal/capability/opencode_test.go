@@ -975,3 +975,19 @@ func TestDownloadProgress(t *testing.T) {
 		t.Fatal("a reporter without a listener")
 	}
 }
+
+// TestOpencodeVersionIsARelease: a dist-tag would name different bytes
+// over time (and no cache entry): refused.
+func TestOpencodeVersionIsARelease(t *testing.T) {
+	o := &Opencode{}
+	for _, v := range []string{"latest", "beta", "next"} {
+		if err := o.Configure(&api.CreateVMParams{}, v); !errors.Is(err, api.ErrInvalid) {
+			t.Errorf("opencode@%s: %v, want invalid", v, err)
+		}
+	}
+	for _, v := range []string{"", "1.18.33", "0.0.0-e2e-broken"} {
+		if err := o.Configure(&api.CreateVMParams{}, v); err != nil {
+			t.Errorf("opencode@%s: %v", v, err)
+		}
+	}
+}

@@ -663,3 +663,24 @@ func (c *Cache) Remove(pkg, version string) error {
 	}
 	return nil
 }
+
+// RemoveTemp removes entries a process that died mid-fetch left half built
+// (up to the member's limit each). bangerd calls it at start, before any
+// Fetch can be building one.
+func (c *Cache) RemoveTemp() error {
+	ents, err := os.ReadDir(c.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		if e.IsDir() && strings.HasPrefix(e.Name(), tmpPrefix) {
+			c.log().Info("npm cache: removing an interrupted fetch", "dir", e.Name())
+			errs = append(errs, os.RemoveAll(filepath.Join(c.Dir, e.Name())))
+		}
+	}
+	return errors.Join(errs...)
+}

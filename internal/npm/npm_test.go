@@ -1027,3 +1027,30 @@ func FuzzExtract(f *testing.F) {
 		}
 	})
 }
+
+// TestRemoveTemp: what a fetch killed half way left goes; entries stay.
+func TestRemoveTemp(t *testing.T) {
+	c := &Cache{Dir: t.TempDir()}
+	if err := (&Cache{Dir: filepath.Join(c.Dir, "none")}).RemoveTemp(); err != nil {
+		t.Fatalf("no cache dir yet: %v", err)
+	}
+	half := filepath.Join(c.Dir, tmpPrefix+"123")
+	keep := filepath.Join(c.Dir, "pkg", "1.0.0-abcd")
+	for _, d := range []string{half, keep} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "bin"), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.RemoveTemp(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(half); !os.IsNotExist(err) {
+		t.Fatalf("half-built entry left: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(keep, "bin")); err != nil {
+		t.Fatalf("a real entry went: %v", err)
+	}
+}

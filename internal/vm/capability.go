@@ -170,8 +170,8 @@ func (s *Service) capSteps(ctx context.Context, v *store.VM, progress Progress) 
 			return s.d.Store.SetCapabilityState(ctx, v.ID, c.Name, api.CapReady, "")
 		}})
 	}
-	// The --cap-env values reached the guest (or the start failed and the
-	// create is reported failed): they are not kept.
+	// Every post-start succeeded: the --cap-env values are in the guest and
+	// the daemon forgets them (a failed start keeps them for the next).
 	post = append(post, step{name: "cap_ready", do: func(ctx context.Context) error {
 		s.mu.Lock()
 		delete(s.capEnv, v.ID)
@@ -268,64 +268,36 @@ func (g capGuest) Dial(ctx context.Context, port int) (io.ReadWriteCloser, error
 	return ac.Dial(ctx, port)
 }
 
-// What a snapshot keeps of its VM's capabilities: which ones, in order, and
-// copies of the files they hold in the VM's directory (capability.Carrier),
-// as snapCapFilePref+name.
+// snapCapsFile is what a snapshot keeps of its VM's capabilities: which,
+// in order. Nothing of their host files travels: a restored VM gets its own
+// (opencode: a new password, and its post-start restarts the restored
+// server with it, so forks never share a secret another guest could use).
 const (
-	snapCapsFile    = "capabilities.json"
-	snapCapFilePref = "cap-"
-	// maxCapFile bounds each carried file and the list (they are small
-	// secrets and names).
-	maxCapFile = 64 << 10
+	snapCapsFile = "capabilities.json"
+	maxCapsFile  = 64 << 10
 )
 
 type snapCaps struct {
-	Caps  []capability.Ref `json:"caps"`
-	Files []string         `json:"files,omitempty"`
+	Caps []capability.Ref `json:"caps"`
 }
 
 // capSnapshot writes v's capabilities into the snapshot being made in dir.
 func (s *Service) capSnapshot(ctx context.Context, v store.VM, dir string) error {
 	caps, err := s.d.Store.Capabilities(ctx, v.ID)
-	if err != nil || len(caps) == 0 || s.d.Caps == nil {
+	if err != nil || len(caps) == 0 {
 		return err
 	}
-	sc := snapCaps{Caps: capRefsOf(caps)}
-	for _, c := range caps {
-		hook, err := s.d.Caps.Lookup(c.Name)
-		if err != nil {
-			return err
-		}
-		carrier, ok := hook.(capability.Carrier)
-		if !ok {
-			continue
-		}
-		for _, name := range carrier.Files() {
-			b, err := readCapFile(filepath.Join(v.Dir, name))
-			if errors.Is(err, fs.ErrNotExist) {
-				continue
-			}
-			if err != nil {
-				return fmt.Errorf("capability %s: %w", c.Name, err)
-			}
-			if err := os.WriteFile(filepath.Join(dir, snapCapFilePref+name), b, 0o600); err != nil {
-				return err
-			}
-			sc.Files = append(sc.Files, name)
-		}
-	}
-	b, err := json.Marshal(sc)
+	b, err := json.Marshal(snapCaps{Caps: capRefsOf(caps)})
 	if err != nil {
 		return err
 	}
 	return os.WriteFile(filepath.Join(dir, snapCapsFile), b, 0o600)
 }
 
-// capRestore reads the capabilities a snapshot carries and puts their files
-// into the new VM's directory; the caller records the refs. Only files a
-// known capability declares are taken, never a path of the list's own.
-func (s *Service) capRestore(v store.VM, dir string) ([]capability.Ref, error) {
-	b, err := readCapFile(filepath.Join(dir, snapCapsFile))
+// capRestore reads the capabilities a snapshot carries and applies their
+// create-time settings to p (nat turns NAT on), as a create with --cap does.
+func (s *Service) capRestore(p *api.CreateVMParams, dir string) ([]capability.Ref, error) {
+	b, err := readSmallFile(filepath.Join(dir, snapCapsFile), maxCapsFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -336,10 +308,12 @@ func (s *Service) capRestore(v store.VM, dir string) ([]capability.Ref, error) {
 	if err := json.Unmarshal(b, &sc); err != nil {
 		return nil, fmt.Errorf("%s: %v: %w", snapCapsFile, err, api.ErrInvalid)
 	}
-	if s.d.Caps == nil && len(sc.Caps) > 0 {
+	if len(sc.Caps) == 0 {
+		return nil, nil
+	}
+	if s.d.Caps == nil {
 		return nil, fmt.Errorf("the snapshot's VM had capabilities and this daemon has none: %w", api.ErrInvalid)
 	}
-	declared := map[string]bool{}
 	for _, r := range sc.Caps {
 		if _, err := capability.ParseRef(r.String()); err != nil {
 			return nil, err
@@ -348,34 +322,16 @@ func (s *Service) capRestore(v store.VM, dir string) ([]capability.Ref, error) {
 		if err != nil {
 			return nil, fmt.Errorf("the snapshot's VM had capability %s: %w", r.Name, err)
 		}
-		if carrier, ok := hook.(capability.Carrier); ok {
-			for _, f := range carrier.Files() {
-				declared[f] = true
-			}
-		}
-	}
-	for _, name := range sc.Files {
-		if !declared[name] {
-			return nil, fmt.Errorf("%s names %q, which no capability keeps: %w", snapCapsFile, name, api.ErrInvalid)
-		}
-		b, err := readCapFile(filepath.Join(dir, snapCapFilePref+name))
-		if err != nil {
-			return nil, err
-		}
-		f, err := os.OpenFile(filepath.Join(v.Dir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
-		if err != nil {
-			return nil, err
-		}
-		_, werr := f.Write(b)
-		if err := errors.Join(werr, f.Close()); err != nil {
-			return nil, err
+		if err := hook.Configure(p, r.Version); err != nil {
+			return nil, fmt.Errorf("capability %s: %w", r.Name, err)
 		}
 	}
 	return sc.Caps, nil
 }
 
-// readCapFile reads a small regular file without following a symlink.
-func readCapFile(path string) ([]byte, error) {
+// readSmallFile reads a regular file of at most max bytes without
+// following a symlink.
+func readSmallFile(path string, max int64) ([]byte, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
@@ -386,12 +342,12 @@ func readCapFile(path string) ([]byte, error) {
 	} else if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s is not a regular file: %w", path, api.ErrInvalid)
 	}
-	b, err := io.ReadAll(io.LimitReader(f, maxCapFile+1))
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
 	if err != nil {
 		return nil, err
 	}
-	if len(b) > maxCapFile {
-		return nil, fmt.Errorf("%s is over %d bytes: %w", path, maxCapFile, api.ErrInvalid)
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%s is over %d bytes: %w", path, max, api.ErrInvalid)
 	}
 	return b, nil
 }

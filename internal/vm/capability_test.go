@@ -13,7 +13,6 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/capability"
-	"github.com/banger-dev/banger/internal/store"
 )
 
 // fakeCap is a capability that keeps what it holds: a host resource taken
@@ -244,18 +243,13 @@ func TestCapabilityCreateRefusals(t *testing.T) {
 	}
 }
 
-// fakeCarrier is a capability that keeps a secret in the VM's directory.
-type fakeCarrier struct{ *fakeCap }
-
-func (fakeCarrier) Files() []string { return []string{"alpha.secret"} }
-
 // TestSnapshotCarriesCapabilities: a snapshot keeps which capabilities its
-// VM had and the files they hold, and a restore gets both — and nothing a
-// tampered list names beyond what a capability declares.
+// VM had; a restore gets them with their create-time settings (nat), and
+// none of their host files (each restored VM makes its own secrets).
 func TestSnapshotCarriesCapabilities(t *testing.T) {
 	f, _ := snapFixture(t)
 	var order []string
-	a := fakeCarrier{&fakeCap{name: "alpha", h: f.h, held: map[string]bool{}, cleanups: &order}}
+	a := &fakeCap{name: "alpha", h: f.h, held: map[string]bool{}, cleanups: &order}
 	f.deps.Caps = capability.NewRegistry(a, capability.NAT{})
 	f.svc = New(f.deps)
 	ctx := context.Background()
@@ -263,7 +257,7 @@ func TestSnapshotCarriesCapabilities(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(v.Dir, "alpha.secret"), []byte("s3cret\n"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(v.Dir, "opencode.password"), []byte("parent's secret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	sn, err := f.svc.Snapshot(ctx, "ai", "ai-ready", nil)
@@ -271,37 +265,41 @@ func TestSnapshotCarriesCapabilities(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := f.layout.Snapshot(sn.ID)
-	child := store.VM{ID: "c0ffee000001", Dir: t.TempDir()}
-	refs, err := f.svc.capRestore(child, dir)
+	var p api.CreateVMParams
+	refs, err := f.svc.capRestore(&p, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(refs) != 2 || refs[0] != (capability.Ref{Name: "alpha", Version: "2"}) || refs[1].Name != "nat" {
-		t.Fatalf("carried %+v", refs)
+	if len(refs) != 2 || refs[0] != (capability.Ref{Name: "alpha", Version: "2"}) || refs[1].Name != "nat" || !p.NAT {
+		t.Fatalf("carried %+v, NAT %v", refs, p.NAT)
 	}
-	st, err := os.Stat(filepath.Join(child.Dir, "alpha.secret"))
-	if b, _ := os.ReadFile(filepath.Join(child.Dir, "alpha.secret")); err != nil || string(b) != "s3cret\n" || st.Mode().Perm() != 0o600 {
-		t.Fatalf("carried file %q %v", b, err)
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if b, _ := os.ReadFile(filepath.Join(dir, e.Name())); strings.Contains(string(b), "parent's secret") {
+			t.Fatalf("the snapshot carries the VM's secret in %s", e.Name())
+		}
 	}
-	// A list naming a file no capability keeps is refused.
-	if err := os.WriteFile(filepath.Join(dir, snapCapsFile), []byte(`{"caps":[{"name":"alpha"}],"files":["../../etc/x"]}`), 0o600); err != nil {
+	// A list naming what this daemon does not know, a symlink, junk: refused.
+	for what, content := range map[string]string{
+		"unknown":  `{"caps":[{"name":"gone"}]}`,
+		"bad name": `{"caps":[{"name":"../x"}]}`,
+		"junk":     `{"caps":`,
+	} {
+		if err := os.WriteFile(filepath.Join(dir, snapCapsFile), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.svc.capRestore(&api.CreateVMParams{}, dir); !errors.Is(err, api.ErrInvalid) {
+			t.Errorf("%s: %v, want invalid", what, err)
+		}
+	}
+	_ = os.Remove(filepath.Join(dir, snapCapsFile))
+	target := filepath.Join(t.TempDir(), "elsewhere.json")
+	_ = os.WriteFile(target, []byte(`{"caps":[{"name":"alpha"}]}`), 0o600)
+	if err := os.Symlink(target, filepath.Join(dir, snapCapsFile)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.svc.capRestore(store.VM{Dir: t.TempDir()}, dir); !errors.Is(err, api.ErrInvalid) {
-		t.Fatalf("undeclared file: %v", err)
-	}
-	// A carried file that is a symlink is not followed.
-	if err := os.WriteFile(filepath.Join(dir, snapCapsFile), []byte(`{"caps":[{"name":"alpha"}],"files":["alpha.secret"]}`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	target := filepath.Join(t.TempDir(), "elsewhere")
-	_ = os.WriteFile(target, []byte("not yours"), 0o600)
-	_ = os.Remove(filepath.Join(dir, snapCapFilePref+"alpha.secret"))
-	if err := os.Symlink(target, filepath.Join(dir, snapCapFilePref+"alpha.secret")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.svc.capRestore(store.VM{Dir: t.TempDir()}, dir); err == nil {
-		t.Fatal("a symlinked carried file was followed")
+	if _, err := f.svc.capRestore(&api.CreateVMParams{}, dir); err == nil {
+		t.Fatal("a symlinked capabilities.json was followed")
 	}
 	// A snapshot of a VM without capabilities carries none.
 	f.create(t, "plain")
@@ -309,7 +307,7 @@ func TestSnapshotCarriesCapabilities(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if refs, err := f.svc.capRestore(store.VM{Dir: t.TempDir()}, f.layout.Snapshot(sn2.ID)); err != nil || refs != nil {
+	if refs, err := f.svc.capRestore(&api.CreateVMParams{}, f.layout.Snapshot(sn2.ID)); err != nil || refs != nil {
 		t.Fatalf("plain snapshot carries %v %v", refs, err)
 	}
 }

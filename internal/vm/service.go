@@ -469,6 +469,9 @@ func (s *Service) insertVM(ctx context.Context, v *store.VM) error {
 func (s *Service) undoRow(ctx context.Context, id string, err error) error {
 	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
 	defer cancel()
+	s.mu.Lock()
+	delete(s.capEnv, id)
+	s.mu.Unlock()
 	if derr := s.d.Store.DeleteVM(uctx, id); derr != nil {
 		return errors.Join(err, fmt.Errorf("undo record: %w", derr))
 	}

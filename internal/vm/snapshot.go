@@ -527,11 +527,10 @@ func (s *Service) createFrom(ctx context.Context, p api.CreateVMParams, sn store
 			if err := os.MkdirAll(v.Dir, 0o700); err != nil {
 				return err
 			}
-			// The restored guest runs what its capabilities started, with
-			// their secrets: the new VM keeps them (and repeats their
-			// hooks at each start).
+			// The restored guest runs what its capabilities started: the
+			// new VM has them too (their hooks run at each start).
 			var rerr error
-			caps, rerr = s.capRestore(v, dir)
+			caps, rerr = s.capRestore(&p, dir)
 			return rerr
 		}, undo: func(ctx context.Context) error { return os.RemoveAll(v.Dir) }},
 		{name: "identity", do: func(ctx context.Context) error { return s.makeIdentity(v) },

@@ -266,8 +266,8 @@ func TestCapabilityOpencode(t *testing.T) {
 	}
 
 	// A fork carries the capability: the child's server (restored with the
-	// parent's memory) answers by the child's name with the password the
-	// child's directory now holds, and its capability is checked ready.
+	// parent's memory) is restarted with a password of the child's own, so
+	// no guest can drive another's server with a secret it inherited.
 	t0 = time.Now()
 	if r := E.bangerRes("vm", "fork", name, "--count", "1", "--name-prefix", "aif"); r.code != 0 {
 		t.Fatalf("vm fork: exit %d\n%s\n%s\nbangerd.log tail:\n%s", r.code, r.stdout, r.stderr, bangerdLogTail())
@@ -279,10 +279,16 @@ func TestCapabilityOpencode(t *testing.T) {
 	if kid.State != "running" || kc.State != "ready" || kc.PasswordFile == c.PasswordFile || !strings.Contains(kc.Connect, "aif-1.vm:4096") {
 		t.Fatalf("fork child: state %s, capability %+v", kid.State, kc)
 	}
-	if kpw := readPassword(t, kc); kpw != pw {
-		t.Fatalf("the child's password file does not hold the password its restored server uses")
+	kpw := readPassword(t, kc)
+	if kpw == pw {
+		t.Fatal("the fork child shares its parent's opencode password")
 	}
-	assertOpencodeAPI(t, resolveVM(t, "aif-1")+":4096", pw)
+	kaddr := resolveVM(t, "aif-1") + ":4096"
+	assertOpencodeAPI(t, kaddr, kpw)
+	if code, body := opencodeGet(t, kaddr, pw); code != http.StatusUnauthorized {
+		t.Errorf("the child's server accepts the parent's password: %d %s", code, body)
+	}
+	assertOpencodeAPI(t, resolveVM(t, name)+":4096", pw) // the parent keeps its own
 	if cached, _ := cachedOpencode(t, capability.OpencodeVersion); !slices.Equal(cached.UsedBy, []string{name, "aif-1"}) {
 		t.Errorf("cache entry used by %v, want [%s aif-1]", cached.UsedBy, name)
 	}
