@@ -331,14 +331,21 @@ func (s *Service) teardown(ctx context.Context, v *store.VM, state, lastErr stri
 			pid = p
 		}
 	}
+	vmmGone := true
 	if pid != 0 && drv.Alive(pid) {
 		if err := s.killAndWait(drv, pid); err != nil {
 			errs = append(errs, err)
+			vmmGone = false
 		}
 	}
 	// Rules first, then the TAP back to the pool; the row keeps naming the
-	// TAP (the claim) unless both succeeded, so a retry finds it.
-	if err := s.removeFirewall(uctx, *v); err != nil {
+	// TAP (the claim) unless both succeeded, so a retry finds it. A VMM
+	// that may still run keeps both: its guest stays guarded, and no other
+	// VM is handed a TAP it holds (TUNSETIFF: device busy).
+	if !vmmGone {
+		errs = append(errs, fmt.Errorf("tap %s and its rules kept until the vmm is gone", v.Tap))
+		state, lastErr = StateError, fmt.Sprintf("vmm pid %d did not die; stop or delete again", pid)
+	} else if err := s.removeFirewall(uctx, *v); err != nil {
 		errs = append(errs, err)
 	} else if err := s.releaseTap(uctx, v); err != nil {
 		errs = append(errs, err)

@@ -517,3 +517,51 @@ func TestConcurrentCreatesGetDistinctIPs(t *testing.T) {
 func (d fakeDriver) DialAgent(ctx context.Context, dir string) (net.Conn, error) {
 	return nil, errors.New("fake driver: no agent channel")
 }
+
+// stubbornDriver's Kill refuses (as the real drivers do for a pid that is
+// no longer provably theirs) and the process lives on.
+type stubbornDriver struct {
+	fakeDriver
+	refuse *bool
+}
+
+func (d stubbornDriver) Kill(pid int) error {
+	if *d.refuse {
+		return fmt.Errorf("pid %d: not provably this vm's vmm", pid)
+	}
+	return d.fakeDriver.Kill(pid)
+}
+
+// TestTeardownKeepsTapOfLiveVMM: a VMM that could not be killed keeps its
+// TAP claimed and its rules: no other VM is handed a TAP a live guest
+// holds (TUNSETIFF: device busy), and that guest stays guarded.
+func TestTeardownKeepsTapOfLiveVMM(t *testing.T) {
+	f := newFixture(t)
+	refuse := false
+	f.deps.Driver = stubbornDriver{fakeDriver{f.h}, &refuse}
+	f.svc = New(f.deps)
+	ctx := context.Background()
+	v := f.create(t, "stuck")
+	refuse = true
+	if err := f.svc.Delete(ctx, "stuck", true); err == nil {
+		t.Fatal("delete of a VM whose VMM would not die succeeded")
+	}
+	got := mustVM(t, f, "stuck")
+	if got.Tap != v.Tap || got.State != StateError {
+		t.Fatalf("after a failed kill: tap %q (was %q), state %s", got.Tap, v.Tap, got.State)
+	}
+	if s := f.h.String(); s != "procs=1 taps=["+v.Tap+"]" {
+		t.Fatalf("host after a failed kill: %s", s)
+	}
+	// Another VM gets another TAP.
+	if other := f.create(t, "other"); other.Tap == v.Tap {
+		t.Fatalf("a new VM was handed %s, held by a live VMM", v.Tap)
+	}
+	refuse = false
+	if err := f.svc.Delete(ctx, "stuck", true); err != nil {
+		t.Fatal(err)
+	}
+	if s := f.h.String(); s != "procs=1 taps=["+mustVM(t, f, "other").Tap+"]" {
+		t.Fatalf("host after the retried delete: %s", s)
+	}
+}
