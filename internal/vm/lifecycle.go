@@ -63,6 +63,9 @@ func (s *Service) startWith(ctx context.Context, v *store.VM, bootTimeout time.D
 	if err := s.d.Store.SetStopReason(ctx, v.ID, "", time.Time{}); err != nil {
 		return err
 	}
+	// vmmLive is set by the vmm_launch undo when the VMM would not die: the
+	// TAP and rules undos then keep both (see teardown).
+	vmmLive := false
 	steps := []step{
 		{name: "seed", do: func(ctx context.Context) error { return s.writeSeed(*v) }},
 		{name: "tap", do: func(ctx context.Context) error {
@@ -81,10 +84,18 @@ func (s *Service) startWith(ctx context.Context, v *store.VM, bootTimeout time.D
 		}, undo: func(ctx context.Context) error {
 			// The nat undo (which runs first) removed the TAP's rules; the
 			// failure path persists the cleared claim.
+			if vmmLive {
+				return fmt.Errorf("tap %s kept until the vmm is gone", v.Tap)
+			}
 			return s.releaseTap(ctx, v)
 		}},
 		{name: "nat", do: func(ctx context.Context) error { return s.applyFirewall(ctx, *v) },
-			undo: func(ctx context.Context) error { return s.removeFirewall(ctx, *v) }},
+			undo: func(ctx context.Context) error {
+				if vmmLive {
+					return fmt.Errorf("rules of tap %s kept until the vmm is gone", v.Tap)
+				}
+				return s.removeFirewall(ctx, *v)
+			}},
 		{name: "vmm_launch", do: func(ctx context.Context) error {
 			_ = logfile.Remove(s.consolePath(*v)) // the log shows this boot only
 			tapf, err := s.d.Net.OpenTap(ctx, v.Tap)
@@ -149,6 +160,7 @@ func (s *Service) startWith(ctx context.Context, v *store.VM, bootTimeout time.D
 			var err error
 			if h.PID != 0 {
 				err = s.killAndWait(drv, h.PID)
+				vmmLive = err != nil && drv.Alive(h.PID)
 			}
 			s.setHandle(v.ID, nil)
 			if s.d.AfterStop != nil {
@@ -335,7 +347,7 @@ func (s *Service) teardown(ctx context.Context, v *store.VM, state, lastErr stri
 	if pid != 0 && drv.Alive(pid) {
 		if err := s.killAndWait(drv, pid); err != nil {
 			errs = append(errs, err)
-			vmmGone = false
+			vmmGone = !drv.Alive(pid)
 		}
 	}
 	// Rules first, then the TAP back to the pool; the row keeps naming the

@@ -557,7 +557,23 @@ func TestTeardownKeepsTapOfLiveVMM(t *testing.T) {
 	if other := f.create(t, "other"); other.Tap == v.Tap {
 		t.Fatalf("a new VM was handed %s, held by a live VMM", v.Tap)
 	}
+	// The same in a start that rolls back: a guest that never answers,
+	// a VMM that will not die.
+	late, err := f.svc.Create(ctx, api.CreateVMParams{Name: "late", WorkDisk: "32M", NoStart: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.h.ready[late.ID] = errors.New("connection refused")
+	if err := f.svc.start(ctx, &late, 200*time.Millisecond, nil); err == nil {
+		t.Fatal("start of a guest that never answers succeeded")
+	}
+	if got := mustVM(t, f, "late"); got.Tap == "" || got.State != StateError {
+		t.Fatalf("rolled-back start with a live VMM: tap %q state %s", got.Tap, got.State)
+	}
 	refuse = false
+	if err := f.svc.Delete(ctx, "late", true); err != nil {
+		t.Fatal(err)
+	}
 	if err := f.svc.Delete(ctx, "stuck", true); err != nil {
 		t.Fatal(err)
 	}
