@@ -24,6 +24,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/guest"
 	"github.com/banger-dev/banger/internal/npm"
+	"github.com/banger-dev/banger/internal/paths"
 )
 
 // Fetcher gets one verified file out of an npm package and lists what it
@@ -155,18 +156,12 @@ func (o *Opencode) password(vm VM, create bool) (string, error) {
 			return "", fmt.Errorf("opencode password: %w", err)
 		}
 	}
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-	if err != nil {
-		return "", fmt.Errorf("opencode password: %w", err)
-	}
-	defer f.Close()
-	// One byte past the limit, so a longer file is refused, not cut.
-	b, err := io.ReadAll(io.LimitReader(f, maxPasswordFile+1))
+	b, err := paths.ReadSmall(path, maxPasswordFile)
 	if err != nil {
 		return "", fmt.Errorf("opencode password: %w", err)
 	}
 	pw := strings.TrimSpace(string(b))
-	if len(b) > maxPasswordFile || !passwordRE.MatchString(pw) {
+	if !passwordRE.MatchString(pw) {
 		return "", fmt.Errorf("opencode password file %s is not one of banger's (32-128 letters, digits, '-', '_'): %w", path, api.ErrInvalid)
 	}
 	return pw, nil

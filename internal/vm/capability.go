@@ -12,13 +12,13 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/capability"
 	"github.com/banger-dev/banger/internal/guest"
 	"github.com/banger-dev/banger/internal/hostnet"
+	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/store"
 )
 
@@ -297,7 +297,7 @@ func (s *Service) capSnapshot(ctx context.Context, v store.VM, dir string) error
 // capRestore reads the capabilities a snapshot carries and applies their
 // create-time settings to p (nat turns NAT on), as a create with --cap does.
 func (s *Service) capRestore(p *api.CreateVMParams, dir string) ([]capability.Ref, error) {
-	b, err := readSmallFile(filepath.Join(dir, snapCapsFile), maxCapsFile)
+	b, err := paths.ReadSmall(filepath.Join(dir, snapCapsFile), maxCapsFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -327,27 +327,4 @@ func (s *Service) capRestore(p *api.CreateVMParams, dir string) ([]capability.Re
 		}
 	}
 	return sc.Caps, nil
-}
-
-// readSmallFile reads a regular file of at most max bytes without
-// following a symlink.
-func readSmallFile(path string, max int64) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err != nil {
-		return nil, err
-	} else if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file: %w", path, api.ErrInvalid)
-	}
-	b, err := io.ReadAll(io.LimitReader(f, max+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > max {
-		return nil, fmt.Errorf("%s is over %d bytes: %w", path, max, api.ErrInvalid)
-	}
-	return b, nil
 }
